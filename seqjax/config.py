@@ -1,0 +1,90 @@
+"""The shared base of every config in `configs/`, and its validation.
+
+Defaults are the Keras tutorial's: IMDB, 5,000 words, reviews cut or padded to 500 tokens
+('pre' on both sides), Embedding(5000, 32), LSTM(100), Dense(1), Adam(1e-3), batch 64,
+3 epochs, seed 7. A config file changes only what makes its model different.
+"""
+
+import ml_collections
+
+from seqjax.errors import ConfigError
+
+PAD_SIDES = ("pre", "post")
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """Returns the tutorial's plain LSTM; `configs/*.py` start from this."""
+  config = ml_collections.ConfigDict()
+  config.name = "lstm"
+
+  # Data: any TFDS dataset with a `text` and a binary `label` feature.
+  config.dataset = "imdb_reviews"
+  config.train_split = "train"
+  config.eval_split = "test"
+  # '' means $TFDS_DATA_DIR, else TFDS' default (~/tensorflow_datasets).
+  config.data_dir = ""
+  # Download and prepare the dataset when no prepared copy is found (needs internet).
+  config.download = True
+  # '' means $XDG_CACHE_HOME/seqjax (~/.cache/seqjax); encoded arrays are kept there.
+  config.cache_dir = ""
+  config.top_words = 5000
+  config.max_length = 500
+  config.padding = "pre"
+  config.truncating = "pre"
+  config.max_train_examples = 0  # 0 = all
+  config.max_eval_examples = 0  # 0 = all
+  # Examples carved from the training split to choose on; 0 = none (the tutorial).
+  config.validation_size = 0
+
+  # Model: Embedding -> [Dropout] -> [Conv1D + MaxPool] -> (Bi)LSTM -> [Dropout] -> Dense(1).
+  config.embedding_dim = 32
+  config.embedding_dropout = 0.0  # Dropout layer after the embedding.
+  config.conv_filters = 0  # 0 = no convolutional front end.
+  config.conv_kernel_size = 3
+  config.pool_size = 2
+  config.lstm_units = 100
+  config.lstm_dropout = 0.0  # Keras' LSTM(dropout=...): on the inputs.
+  config.lstm_recurrent_dropout = 0.0  # Keras' LSTM(recurrent_dropout=...): on the state.
+  config.bidirectional = False
+  config.output_dropout = 0.0  # Dropout layer after the LSTM.
+
+  # Training.
+  config.learning_rate = 1e-3
+  config.batch_size = 64
+  config.eval_batch_size = 256
+  config.num_epochs = 3
+  config.seed = 7
+  config.log_every_steps = 50
+  config.checkpoint_every_steps = 0  # 0 = at the end of each epoch only.
+  config.keep_checkpoints = 3
+  return config
+
+
+def _check(ok: bool, key: str, value, allowed: str) -> None:
+  if not ok:
+    raise ConfigError(f"config.{key}={value!r} is invalid: {allowed}.")
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+  """Raises ConfigError naming the first bad value, before any work is done."""
+  for key in ("top_words", "max_length", "embedding_dim", "lstm_units", "batch_size",
+              "eval_batch_size", "num_epochs", "log_every_steps", "keep_checkpoints",
+              "conv_kernel_size", "pool_size"):
+    value = config[key]
+    _check(isinstance(value, int) and value >= 1, key, value, "use an integer >= 1")
+  _check(config.top_words >= 4, "top_words", config.top_words,
+         "use >= 4 (ids 0-2 are reserved for padding, start and out-of-vocabulary)")
+  for key in ("max_train_examples", "max_eval_examples", "validation_size", "conv_filters",
+              "checkpoint_every_steps"):
+    value = config[key]
+    _check(isinstance(value, int) and value >= 0, key, value, "use an integer >= 0")
+  for key in ("embedding_dropout", "lstm_dropout", "lstm_recurrent_dropout", "output_dropout"):
+    value = config[key]
+    _check(0.0 <= value < 1.0, key, value, "use a rate in [0, 1)")
+  for key in ("padding", "truncating"):
+    _check(config[key] in PAD_SIDES, key, config[key], "use 'pre' or 'post'")
+  _check(config.learning_rate > 0, "learning_rate", config.learning_rate, "use a value > 0")
+  _check(bool(config.dataset), "dataset", config.dataset, "name a TFDS dataset")
+  if config.conv_filters:
+    _check(config.max_length >= config.pool_size, "pool_size", config.pool_size,
+           f"use at most max_length={config.max_length}")

@@ -1,0 +1,224 @@
+"""IMDB (or any TFDS text dataset with a binary label) as padded integer arrays, and batches.
+
+Texts are read with `tfds.data_source` (ArrayRecord, no TensorFlow needed), tokenized, ranked
+into a vocabulary on the training examples only, encoded and padded. The result is cached as
+`.npz`, keyed by everything that changes it, so a second run skips tokenization.
+"""
+
+import dataclasses
+import hashlib
+import json
+import os
+import tempfile
+import zipfile
+from collections.abc import Iterator
+
+import ml_collections
+import numpy as np
+import tensorflow_datasets as tfds
+from absl import logging
+
+from seqjax import tokenizer
+from seqjax.errors import DataError
+
+# Bump when tokenization or encoding changes, so that old caches are not reused.
+ENCODING_VERSION = 1
+# The validation examples are a fixed random subset of the training split, the same for
+# every training seed, so that runs with different seeds are chosen on the same data.
+VALIDATION_SPLIT_SEED = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class Split:
+  """Encoded examples: inputs (N, max_length) int32 ids, labels (N,) int32 in {0, 1}."""
+
+  inputs: np.ndarray
+  labels: np.ndarray
+
+  def __len__(self) -> int:
+    return len(self.labels)
+
+
+@dataclasses.dataclass(frozen=True)
+class Data:
+  train: Split
+  validation: Split | None
+  test: Split
+  vocabulary: tokenizer.Vocabulary
+
+
+def resolve_data_dir(config: ml_collections.ConfigDict) -> str:
+  return os.path.expanduser(config.data_dir or os.environ.get("TFDS_DATA_DIR")
+                            or tfds.core.constants.DATA_DIR)
+
+
+def _cache_dir(config: ml_collections.ConfigDict) -> str:
+  root = os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache"))
+  return os.path.expanduser(config.cache_dir or os.path.join(root, "seqjax"))
+
+
+def _open_sources(config: ml_collections.ConfigDict) -> dict:
+  """The dataset's random-access splits; prepares them first only where allowed and possible."""
+  data_dir = resolve_data_dir(config)
+  how_to = (f"Point --config.data_dir or $TFDS_DATA_DIR at a folder that holds a prepared copy "
+            f"(<dir>/{config.dataset}/...), or, with internet, run with --config.download=True "
+            "(the default) so that TFDS downloads and prepares it.")
+  try:
+    builder = tfds.builder(config.dataset, data_dir=data_dir)
+  except tfds.core.registered.DatasetNotFoundError as e:
+    raise DataError(f"TFDS has no dataset {config.dataset!r} and none is prepared in "
+                    f"{data_dir}. Check --config.dataset.") from e
+  if not builder.is_prepared():
+    if not config.download:
+      raise DataError(f"{config.dataset} is not prepared in {data_dir} ({builder.data_dir} has "
+                      f"no dataset_info.json) and --config.download=False. {how_to}")
+    logging.info("%s is not in %s: downloading and preparing it.", config.dataset, data_dir)
+    try:
+      builder.download_and_prepare(file_format="array_record")
+    except Exception as e:  # Network and TFDS failures alike: say where and how, then stop.
+      raise DataError(f"{config.dataset} is not prepared in {data_dir} and preparing it failed "
+                      f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}). "
+                      f"{how_to}") from e
+  try:
+    sources = tfds.data_source(config.dataset, data_dir=data_dir, download=False)
+  except Exception as e:
+    raise DataError(f"Cannot read {config.dataset} from {data_dir}: {e}. The copy must be "
+                    "prepared with file_format='array_record'.") from e
+  for split in (config.train_split, config.eval_split):
+    if split not in sources:
+      raise DataError(f"{config.dataset} in {data_dir} has no split {split!r}; it has "
+                      f"{sorted(sources)}.")
+  return sources
+
+
+def _read(source, limit: int) -> tuple[list[list[str]], np.ndarray]:
+  """Tokens and labels of the first `limit` examples (all if 0)."""
+  n = len(source) if not limit else min(limit, len(source))
+  records = source.__getitems__(list(range(n)))
+  tokens = [tokenizer.tokenize(r["text"]) for r in records]
+  labels = np.array([r["label"] for r in records], dtype=np.int32)
+  if np.any((labels != 0) & (labels != 1)):
+    raise DataError(f"Labels must be 0 or 1; found {sorted(set(labels.tolist()))}.")
+  return tokens, labels
+
+
+def _cache_key(config: ml_collections.ConfigDict, data_dir: str) -> str:
+  keyed = {k: config[k] for k in ("dataset", "train_split", "eval_split", "top_words",
+                                  "max_length", "padding", "truncating", "max_train_examples",
+                                  "max_eval_examples", "validation_size")}
+  keyed.update(data_dir=os.path.abspath(data_dir), encoding_version=ENCODING_VERSION,
+               validation_split_seed=VALIDATION_SPLIT_SEED)
+  return hashlib.sha256(json.dumps(keyed, sort_keys=True).encode()).hexdigest()[:20]
+
+
+def _encode(config: ml_collections.ConfigDict, sources: dict) -> dict[str, np.ndarray]:
+  train_tokens, train_labels = _read(sources[config.train_split], 0)
+  validation_index = np.zeros(0, dtype=np.int64)
+  if config.validation_size:
+    if config.validation_size >= len(train_labels):
+      raise DataError(f"validation_size={config.validation_size} leaves no training examples "
+                      f"out of {len(train_labels)}; use a smaller value.")
+    order = np.random.default_rng(VALIDATION_SPLIT_SEED).permutation(len(train_labels))
+    validation_index = np.sort(order[:config.validation_size])
+  train_index = np.setdiff1d(np.arange(len(train_labels)), validation_index)
+  if config.max_train_examples:
+    train_index = train_index[:config.max_train_examples]
+  test_tokens, test_labels = _read(sources[config.eval_split], config.max_eval_examples)
+
+  vocabulary = tokenizer.Vocabulary.build((train_tokens[i] for i in train_index),
+                                          config.top_words)
+
+  def encode(token_lists) -> np.ndarray:
+    return tokenizer.pad_sequences([vocabulary.encode(t) for t in token_lists],
+                                   config.max_length, config.padding, config.truncating)
+
+  return dict(
+      train_inputs=encode(train_tokens[i] for i in train_index),
+      train_labels=train_labels[train_index],
+      validation_inputs=encode(train_tokens[i] for i in validation_index),
+      validation_labels=train_labels[validation_index],
+      test_inputs=encode(test_tokens),
+      test_labels=test_labels,
+      words=np.array(vocabulary.words, dtype=str),
+  )
+
+
+def _load_cache(path: str, config: ml_collections.ConfigDict) -> dict[str, np.ndarray] | None:
+  """The cached arrays, or None if the file is missing, corrupt or inconsistent."""
+  if not os.path.exists(path):
+    return None
+  try:
+    with np.load(path, allow_pickle=False) as f:
+      arrays = {k: f[k] for k in f.files}
+    for split in ("train", "validation", "test"):
+      inputs, labels = arrays[f"{split}_inputs"], arrays[f"{split}_labels"]
+      if inputs.shape != (len(labels), config.max_length) or inputs.dtype != np.int32:
+        raise ValueError(f"{split} inputs have shape {inputs.shape}, dtype {inputs.dtype}")
+      if inputs.size and (inputs.min() < 0 or inputs.max() >= config.top_words):
+        raise ValueError(f"{split} ids are outside [0, {config.top_words})")
+    return arrays
+  except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
+    logging.warning("Ignoring the corrupt cache %s (%s); rebuilding it.", path, e)
+    return None
+
+
+def _save_cache(path: str, arrays: dict[str, np.ndarray]) -> None:
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".tmp")
+  try:
+    with os.fdopen(fd, "wb") as f:
+      np.savez(f, **arrays)
+    os.replace(tmp, path)  # Readers see the whole file or none.
+  except BaseException:
+    os.remove(tmp)
+    raise
+
+
+def load_data(config: ml_collections.ConfigDict) -> Data:
+  """Train, validation (if `validation_size`) and test splits, encoded; cached on disk."""
+  data_dir = resolve_data_dir(config)
+  path = os.path.join(_cache_dir(config), f"{config.dataset}-{_cache_key(config, data_dir)}.npz")
+  arrays = _load_cache(path, config)
+  if arrays is None:
+    sources = _open_sources(config)
+    logging.info("Tokenizing %s from %s (cached afterwards in %s).", config.dataset, data_dir,
+                 path)
+    arrays = _encode(config, sources)
+    try:
+      _save_cache(path, arrays)
+    except OSError as e:
+      logging.warning("Could not write the cache %s (%s); continuing without it.", path, e)
+  else:
+    logging.info("Read the encoded %s from the cache %s.", config.dataset, path)
+
+  def split(name: str) -> Split:
+    return Split(arrays[f"{name}_inputs"], arrays[f"{name}_labels"])
+
+  return Data(train=split("train"),
+              validation=split("validation") if config.validation_size else None,
+              test=split("test"),
+              vocabulary=tokenizer.Vocabulary(arrays["words"].tolist(), config.top_words))
+
+
+def epoch_order(num_examples: int, seed: int, epoch: int) -> np.ndarray:
+  """The training order of an epoch: a pure function of (seed, epoch), so runs resume exactly."""
+  return np.random.default_rng([seed, epoch]).permutation(num_examples)
+
+
+def batches(split: Split, batch_size: int, order: np.ndarray | None = None) -> Iterator[dict]:
+  """Batches of `batch_size` in `order`; the last one padded, with `mask` 0 on the padding.
+
+  Every batch has the same shape, so one compiled step serves all, and every example is
+  counted exactly once. Yields {'inputs': (B, T) int32, 'labels': (B,) int32, 'mask': (B,)}.
+  """
+  order = np.arange(len(split)) if order is None else order
+  for start in range(0, len(order), batch_size):
+    index = order[start:start + batch_size]
+    pad = batch_size - len(index)
+    mask = np.concatenate([np.ones(len(index), np.float32), np.zeros(pad, np.float32)])
+    index = np.concatenate([index, np.zeros(pad, index.dtype)])
+    yield {"inputs": split.inputs[index], "labels": split.labels[index], "mask": mask}
+
+
+def num_batches(num_examples: int, batch_size: int) -> int:
+  return -(-num_examples // batch_size)

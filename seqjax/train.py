@@ -1,0 +1,244 @@
+"""Training and evaluation: create state, jitted steps, the epoch loop, checkpoints, metrics."""
+
+import json
+import os
+import time
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+from absl import logging
+from clu import metric_writers, metrics, periodic_actions
+from flax.training import train_state
+
+from seqjax import config as config_lib
+from seqjax import input_pipeline, models
+from seqjax.errors import ConfigError
+
+# Keys that change how a run is watched or stored, not what it computes: a workdir may be
+# resumed with other values for these.
+NON_RESULT_KEYS = frozenset({"data_dir", "cache_dir", "download", "log_every_steps",
+                             "checkpoint_every_steps", "keep_checkpoints", "eval_batch_size"})
+
+
+@flax.struct.dataclass
+class Metrics(metrics.Collection):
+  loss: metrics.Average.from_output("loss")
+  accuracy: metrics.Average.from_output("accuracy")
+
+
+def batch_metrics(logits: jax.Array, labels: jax.Array, mask: jax.Array) -> Metrics:
+  """Loss and accuracy over the real (mask == 1) examples of a batch."""
+  losses = optax.sigmoid_binary_cross_entropy(logits, labels.astype(logits.dtype))
+  correct = ((logits > 0) == (labels == 1)).astype(jnp.float32)
+  return Metrics.single_from_model_output(loss=losses, accuracy=correct, mask=mask)
+
+
+def create_train_state(config: ml_collections.ConfigDict, model: models.Classifier,
+                       rng: jax.Array) -> train_state.TrainState:
+  dummy = jnp.zeros((1, config.max_length), jnp.int32)
+  params = model.init({"params": rng}, dummy, train=False)["params"]
+  return train_state.TrainState.create(apply_fn=model.apply, params=params,
+                                       tx=optax.adam(config.learning_rate))
+
+
+@jax.jit
+def train_step(state: train_state.TrainState, batch: dict[str, jax.Array],
+               dropout_rng: jax.Array) -> tuple[train_state.TrainState, Metrics]:
+  """One Adam step on the mean loss of the batch's real examples."""
+  rng = jax.random.fold_in(dropout_rng, state.step)  # A pure function of the step: resumable.
+
+  def loss_fn(params):
+    logits = state.apply_fn({"params": params}, batch["inputs"], train=True,
+                            rngs={"dropout": rng})
+    losses = optax.sigmoid_binary_cross_entropy(logits, batch["labels"].astype(logits.dtype))
+    return jnp.sum(losses * batch["mask"]) / jnp.sum(batch["mask"]), logits
+
+  grads, logits = jax.grad(loss_fn, has_aux=True)(state.params)
+  state = state.apply_gradients(grads=grads)
+  return state, batch_metrics(logits, batch["labels"], batch["mask"])
+
+
+@jax.jit
+def eval_step(state: train_state.TrainState, batch: dict[str, jax.Array]) -> Metrics:
+  logits = state.apply_fn({"params": state.params}, batch["inputs"], train=False)
+  return batch_metrics(logits, batch["labels"], batch["mask"])
+
+
+def evaluate(state: train_state.TrainState, split: input_pipeline.Split,
+             batch_size: int) -> dict[str, float]:
+  """Loss and accuracy over every example of `split`, each counted once."""
+  total = None
+  for batch in input_pipeline.batches(split, batch_size):
+    m = eval_step(state, batch)
+    total = m if total is None else total.merge(m)
+  return {k: float(v) for k, v in total.compute().items()}
+
+
+def print_summary(model: models.Classifier, config: ml_collections.ConfigDict) -> None:
+  """A table of layers, output shapes and parameter counts, like Keras' `model.summary()`."""
+  dummy = jnp.zeros((1, config.max_length), jnp.int32)
+  print(model.tabulate({"params": jax.random.PRNGKey(0)}, dummy, train=False, depth=1,
+                       console_kwargs={"force_terminal": False, "width": 110}), flush=True)
+
+
+def _check_workdir(workdir: str, config: ml_collections.ConfigDict) -> None:
+  """Refuses to resume a workdir that was written by a config computing something else."""
+  path = os.path.join(workdir, "config.json")
+  if not os.path.exists(path):
+    return
+  with open(path) as f:
+    previous = json.load(f)
+  current = json.loads(config.to_json())
+  differing = sorted(k for k in set(previous) | set(current)
+                     if k not in NON_RESULT_KEYS and previous.get(k) != current.get(k))
+  if differing:
+    changes = ", ".join(f"{k}: {previous.get(k)!r} -> {current.get(k)!r}" for k in differing)
+    raise ConfigError(f"The workdir {workdir} holds a run of another config ({changes}). "
+                      "Use a new --workdir, or delete this one to start over.")
+
+
+def _write_json(path: str, value: Any) -> None:
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    json.dump(value, f, indent=2)
+    f.write("\n")
+  os.replace(tmp, path)
+
+
+def _read_history(path: str, last_epoch: int) -> list[dict]:
+  """The per-epoch records of `metrics.jsonl` up to `last_epoch` (those a checkpoint covers)."""
+  if not os.path.exists(path):
+    return []
+  with open(path) as f:
+    records = [json.loads(line) for line in f if line.strip()]
+  return [r for r in records if r["epoch"] <= last_epoch]
+
+
+def _write_history(path: str, history: list[dict]) -> None:
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    f.writelines(json.dumps(r) + "\n" for r in history)
+  os.replace(tmp, path)
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+  """Trains `config`'s model, evaluating after each epoch; returns what results.json holds.
+
+  Re-running with the same workdir resumes from its latest checkpoint.
+  """
+  config_lib.validate(config)
+  workdir = os.path.abspath(workdir)
+  _check_workdir(workdir, config)
+  os.makedirs(workdir, exist_ok=True)
+
+  data = input_pipeline.load_data(config)
+  _write_json(os.path.join(workdir, "config.json"), json.loads(config.to_json()))
+  data.vocabulary.save(os.path.join(workdir, "vocabulary.json"))
+  logging.info("Examples: %d train, %d validation, %d test.", len(data.train),
+               len(data.validation) if data.validation else 0, len(data.test))
+
+  model = models.create_model(config)
+  print_summary(model, config)
+  init_rng, dropout_rng = jax.random.split(jax.random.PRNGKey(config.seed))
+  state = create_train_state(config, model, init_rng)
+  num_params = models.count_params(state.params)
+
+  checkpoints = ocp.CheckpointManager(
+      os.path.join(workdir, "checkpoints"),
+      options=ocp.CheckpointManagerOptions(max_to_keep=config.keep_checkpoints, create=True))
+  if checkpoints.latest_step() is not None:
+    state = checkpoints.restore(checkpoints.latest_step(), args=ocp.args.StandardRestore(state))
+    logging.info("Resumed from the checkpoint at step %d.", int(state.step))
+
+  steps_per_epoch = input_pipeline.num_batches(len(data.train), config.batch_size)
+  num_steps = steps_per_epoch * config.num_epochs
+  start_step = int(state.step)
+  metrics_path = os.path.join(workdir, "metrics.jsonl")
+  history = _read_history(metrics_path, start_step // steps_per_epoch)
+  _write_history(metrics_path, history)
+
+  writer = metric_writers.create_default_writer(workdir,
+                                                just_logging=jax.process_index() > 0)
+  if start_step == 0:
+    writer.write_hparams(config.to_dict())
+  report_progress = periodic_actions.ReportProgress(num_train_steps=num_steps, writer=writer)
+
+  for epoch in range(start_step // steps_per_epoch, config.num_epochs):
+    order = input_pipeline.epoch_order(len(data.train), config.seed, epoch)
+    skip = max(0, start_step - epoch * steps_per_epoch)  # Batches done before a resume.
+    epoch_metrics = None
+    epoch_start = time.time()
+    for i, batch in enumerate(input_pipeline.batches(data.train, config.batch_size, order)):
+      if i < skip:
+        continue
+      state, step_metrics = train_step(state, batch, dropout_rng)
+      epoch_metrics = step_metrics if epoch_metrics is None else epoch_metrics.merge(step_metrics)
+      step = epoch * steps_per_epoch + i + 1
+      report_progress(step)
+      if step % config.log_every_steps == 0:
+        m = epoch_metrics.compute()
+        seconds = time.time() - epoch_start
+        logging.info("epoch %d/%d  step %d/%d  loss %.4f  accuracy %.4f  %.0f examples/s",
+                     epoch + 1, config.num_epochs, i + 1, steps_per_epoch, m["loss"],
+                     m["accuracy"], (i + 1 - skip) * config.batch_size / seconds)
+      if config.checkpoint_every_steps and step % config.checkpoint_every_steps == 0 and (
+          i + 1 < steps_per_epoch):
+        checkpoints.save(step, args=ocp.args.StandardSave(state))
+    jax.block_until_ready(state)
+    train_seconds = time.time() - epoch_start
+    num_trained = min(len(data.train), (steps_per_epoch - skip) * config.batch_size)
+
+    eval_start = time.time()
+    record = {"epoch": epoch + 1, "step": int(state.step)}
+    record.update({f"train_{k}": float(v) for k, v in epoch_metrics.compute().items()})
+    if data.validation is not None:
+      record.update({f"validation_{k}": v for k, v in
+                     evaluate(state, data.validation, config.eval_batch_size).items()})
+    record.update({f"test_{k}": v for k, v in
+                   evaluate(state, data.test, config.eval_batch_size).items()})
+    record.update(train_seconds=round(train_seconds, 2),
+                  eval_seconds=round(time.time() - eval_start, 2),
+                  train_examples=num_trained,
+                  train_examples_per_second=round(num_trained / train_seconds, 1))
+    logging.info("epoch %d/%d  %s", epoch + 1, config.num_epochs,
+                 "  ".join(f"{k} {v:.4f}" if k.endswith(("loss", "accuracy")) else f"{k} {v}"
+                           for k, v in record.items() if k not in ("epoch", "step")))
+    writer.write_scalars(record["step"], {k: v for k, v in record.items()
+                                          if k not in ("epoch", "step")})
+    writer.flush()
+    history.append(record)
+    _write_history(metrics_path, history)
+    checkpoints.save(record["step"], args=ocp.args.StandardSave(state), force=True)
+  checkpoints.wait_until_finished()
+  checkpoints.close()
+
+  final = history[-1]
+  train_seconds = sum(r["train_seconds"] for r in history)
+  results = {
+      "config_name": config.name,
+      "num_params": num_params,
+      "test_accuracy": final["test_accuracy"],
+      "test_loss": final["test_loss"],
+      "train_seconds": round(train_seconds, 2),
+      "train_examples_per_second": round(
+          sum(r["train_examples"] for r in history) / train_seconds, 1),
+      "num_train_examples": len(data.train),
+      "num_test_examples": len(data.test),
+      "epochs": history,
+      "platform": jax.devices()[0].platform,
+      "jax_version": jax.__version__,
+  }
+  if data.validation is not None:
+    results.update(validation_accuracy=final["validation_accuracy"],
+                   validation_loss=final["validation_loss"],
+                   num_validation_examples=len(data.validation))
+  _write_json(os.path.join(workdir, "results.json"), results)
+  logging.info("Test accuracy %.4f, loss %.4f; results in %s", results["test_accuracy"],
+               results["test_loss"], os.path.join(workdir, "results.json"))
+  return results

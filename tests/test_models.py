@@ -1,0 +1,149 @@
+"""The models: Keras' parameter counts, Keras' LSTM equations, direction and dropout."""
+
+import importlib.util
+import pathlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from seqjax import models
+
+CONFIGS = pathlib.Path(__file__).resolve().parent.parent / "configs"
+KERAS_PARAM_COUNTS = {
+    "lstm": 213_301,
+    "lstm_dropout": 213_301,
+    "lstm_recurrent_dropout": 213_301,
+    "bilstm": 266_601,
+    "cnn_lstm": 216_405,
+}
+
+
+def load_config(name: str):
+  spec = importlib.util.spec_from_file_location(name, CONFIGS / f"{name}.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
+
+
+def init(model, inputs, seed=0):
+  return model.init({"params": jax.random.PRNGKey(seed)}, inputs, train=False)["params"]
+
+
+def keras_lstm_numpy(x, kernel, recurrent_kernel, bias, go_backwards=False, input_mask=1.0,
+                     recurrent_mask=1.0):
+  """Keras' LSTM in plain numpy: x (B, T, E) -> final h (B, H)."""
+  sigmoid = lambda v: 1.0 / (1.0 + np.exp(-v))
+  batch, steps, _ = x.shape
+  units = recurrent_kernel.shape[0]
+  h = np.zeros((batch, units))
+  c = np.zeros((batch, units))
+  for t in (reversed(range(steps)) if go_backwards else range(steps)):
+    z = (x[:, t] * input_mask) @ kernel + (h * recurrent_mask) @ recurrent_kernel + bias
+    i, f, g, o = (z[:, k * units:(k + 1) * units] for k in range(4))
+    c = sigmoid(f) * c + sigmoid(i) * np.tanh(g)
+    h = sigmoid(o) * np.tanh(c)
+  return h
+
+
+@pytest.mark.parametrize("name", sorted(KERAS_PARAM_COUNTS))
+def test_param_count_equals_keras(name):
+  config = load_config(name)
+  model = models.create_model(config)
+  params = init(model, jnp.zeros((1, config.max_length), jnp.int32))
+  assert models.count_params(params) == KERAS_PARAM_COUNTS[name]
+
+
+def test_lstm_params_have_keras_shapes_and_initializers():
+  params = init(models.LSTM(units=8), jnp.zeros((2, 5, 3)))
+  assert params["kernel"].shape == (3, 32)
+  assert params["recurrent_kernel"].shape == (8, 32)
+  np.testing.assert_array_equal(params["bias"], np.r_[np.zeros(8), np.ones(8), np.zeros(16)])
+  # Orthogonal recurrent kernel: its rows are orthonormal.
+  u = np.asarray(params["recurrent_kernel"])
+  np.testing.assert_allclose(u @ u.T, np.eye(8), atol=1e-5)
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+def test_lstm_matches_numpy_keras_equations(reverse):
+  x = np.random.default_rng(0).normal(size=(4, 7, 5)).astype(np.float32)
+  model = models.LSTM(units=6, reverse=reverse)
+  params = init(model, x)
+  # A non-zero bias exercises every gate's bias slice.
+  params["bias"] = jnp.asarray(np.random.default_rng(1).normal(size=24), jnp.float32)
+  got = model.apply({"params": params}, x, train=False)
+  want = keras_lstm_numpy(x, *(np.asarray(params[k], np.float64)
+                               for k in ("kernel", "recurrent_kernel", "bias")),
+                          go_backwards=reverse)
+  np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+def test_backward_direction_reads_the_sequence_backwards():
+  x = np.random.default_rng(0).normal(size=(2, 6, 3)).astype(np.float32)
+  model = models.Bidirectional(units=4)
+  params = init(model, x)
+  out = model.apply({"params": params}, x, train=False)
+  lstm = models.LSTM(units=4)
+  forward = lstm.apply({"params": params["forward"]}, x, train=False)
+  backward_on_flipped = lstm.apply({"params": params["backward"]}, x[:, ::-1], train=False)
+  np.testing.assert_allclose(out[:, :4], forward, atol=1e-6)
+  np.testing.assert_allclose(out[:, 4:], backward_on_flipped, atol=1e-6)
+  # The backward half depends on the first step most directly: it is what it reads last.
+  assert not np.allclose(out[:, 4:], lstm.apply({"params": params["backward"]}, x, train=False))
+
+
+@pytest.mark.parametrize("name", ["lstm_dropout", "lstm_recurrent_dropout", "bilstm"])
+def test_dropout_is_on_in_training_and_off_in_evaluation(name):
+  config = load_config(name)
+  config.max_length = 20
+  model = models.create_model(config)
+  tokens = jax.random.randint(jax.random.PRNGKey(0), (8, 20), 0, config.top_words)
+  params = init(model, tokens)
+
+  def run(train, seed):
+    return model.apply({"params": params}, tokens, train=train,
+                       rngs={"dropout": jax.random.PRNGKey(seed)})
+
+  np.testing.assert_array_equal(run(False, 1), run(False, 2))
+  np.testing.assert_array_equal(run(False, 1), model.apply({"params": params}, tokens))
+  assert not np.allclose(run(True, 1), run(True, 2))
+  assert not np.allclose(run(True, 1), run(False, 1))
+
+
+def test_lstm_dropout_masks_are_the_same_at_every_time_step():
+  """Keras' LSTM dropout: one input mask and one recurrent mask per sequence, for all steps.
+
+  With 2 input features and 2 units there are 4 x 4 possible mask pairs; every sequence's
+  outputs must equal the numpy LSTM run with one fixed pair at all time steps.
+  """
+  x = np.random.default_rng(0).normal(size=(32, 6, 2)).astype(np.float32)
+  model = models.LSTM(units=2, dropout=0.5, recurrent_dropout=0.5)
+  params = init(model, x)
+  weights = [np.asarray(params[k], np.float64) for k in ("kernel", "recurrent_kernel", "bias")]
+  got = model.apply({"params": params}, x, train=True, rngs={"dropout": jax.random.PRNGKey(3)})
+  masks = [np.array(m, np.float64) * 2.0 for m in ((0, 0), (0, 1), (1, 0), (1, 1))]
+  matched_pairs = set()
+  for b in range(len(x)):
+    matches = [(i, r) for i, input_mask in enumerate(masks) for r, recurrent_mask in
+               enumerate(masks)
+               if np.allclose(got[b], keras_lstm_numpy(x[b:b + 1], *weights, input_mask=input_mask,
+                                                       recurrent_mask=recurrent_mask)[0],
+                              atol=1e-5)]
+    assert matches, f"sequence {b} matches no fixed pair of masks"
+    matched_pairs.update(matches)
+  assert len(matched_pairs) > 4  # The masks differ between sequences.
+
+
+def test_conv_front_end_is_same_padded_relu_conv_then_max_pool():
+  x = np.random.default_rng(0).normal(size=(2, 9, 3)).astype(np.float32)
+  model = models.ConvFrontEnd(filters=4, kernel_size=3, pool_size=2)
+  params = model.init(jax.random.PRNGKey(0), x)["params"]
+  out = model.apply({"params": params}, x)
+  kernel, bias = np.asarray(params["conv"]["kernel"]), np.asarray(params["conv"]["bias"])
+  padded = np.pad(x, ((0, 0), (1, 1), (0, 0)))
+  conv = np.stack([np.einsum("bkc,kcf->bf", padded[:, t:t + 3], kernel) for t in range(9)], 1)
+  relu = np.maximum(conv + bias, 0)
+  want = relu[:, :8].reshape(2, 4, 2, 4).max(axis=2)  # 'valid' pooling drops the 9th step.
+  assert out.shape == (2, 4, 4)
+  np.testing.assert_allclose(out, want, atol=1e-5)
