@@ -9,7 +9,9 @@ import dataclasses
 import hashlib
 import json
 import os
+import socket
 import tempfile
+import urllib.parse
 import zipfile
 from collections.abc import Iterator
 
@@ -60,9 +62,9 @@ def _cache_dir(config: ml_collections.ConfigDict) -> str:
 def _open_sources(config: ml_collections.ConfigDict) -> dict:
   """The dataset's random-access splits; prepares them first only where allowed and possible."""
   data_dir = resolve_data_dir(config)
-  how_to = (f"Point --config.data_dir or $TFDS_DATA_DIR at a folder that holds a prepared copy "
-            f"(<dir>/{config.dataset}/...), or, with internet, run with --config.download=True "
-            "(the default) so that TFDS downloads and prepares it.")
+  how_to = (f"To fix: point --config.data_dir or $TFDS_DATA_DIR at a folder that holds a "
+            f"prepared copy (<dir>/{config.dataset}/...), or run with internet access and "
+            "--config.download=True (the default) so that TFDS downloads and prepares it.")
   try:
     builder = tfds.builder(config.dataset, data_dir=data_dir)
   except tfds.core.registered.DatasetNotFoundError as e:
@@ -73,6 +75,8 @@ def _open_sources(config: ml_collections.ConfigDict) -> dict:
       raise DataError(f"{config.dataset} is not prepared in {data_dir} ({builder.data_dir} has "
                       f"no dataset_info.json) and --config.download=False. {how_to}")
     logging.info("%s is not in %s: downloading and preparing it.", config.dataset, data_dir)
+    _check_reachable(builder.url_infos or {}, f"{config.dataset} is not prepared in {data_dir}",
+                     how_to)
     try:
       builder.download_and_prepare(file_format="array_record")
     except Exception as e:  # Network and TFDS failures alike: say where and how, then stop.
@@ -89,6 +93,18 @@ def _open_sources(config: ml_collections.ConfigDict) -> dict:
       raise DataError(f"{config.dataset} in {data_dir} has no split {split!r}; it has "
                       f"{sorted(sources)}.")
   return sources
+
+
+def _check_reachable(urls, problem: str, how_to: str) -> None:
+  """Fails at once when a download host cannot be reached (TFDS would retry for minutes)."""
+  for url in urls:
+    parsed = urllib.parse.urlparse(url)
+    port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    try:
+      socket.create_connection((parsed.hostname, port), timeout=10).close()
+    except OSError as e:
+      raise DataError(f"{problem}, and its download host {parsed.hostname} cannot be reached "
+                      f"({e}). {how_to}") from e
 
 
 def _read(source, limit: int) -> tuple[list[list[str]], np.ndarray]:

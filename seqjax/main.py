@@ -39,8 +39,7 @@ def main(argv):
   try:
     train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
   except UserError as e:
-    logging.error("%s", e)
-    print(f"error: {e}", file=sys.stderr)
+    print(f"error: {e}", file=sys.stderr, flush=True)
     sys.exit(e.exit_code)
 
 

@@ -22,7 +22,9 @@ from seqjax.errors import ConfigError
 
 # Keys that change how a run is watched or stored, not what it computes: a workdir may be
 # resumed with other values for these.
-NON_RESULT_KEYS = frozenset({"data_dir", "cache_dir", "download", "log_every_steps",
+# num_epochs is one of them because each epoch's data order depends only on (seed, epoch):
+# a run extended to more epochs continues exactly as a longer run would have.
+NON_RESULT_KEYS = frozenset({"data_dir", "cache_dir", "download", "num_epochs", "log_every_steps",
                              "checkpoint_every_steps", "keep_checkpoints", "eval_batch_size"})
 
 
@@ -135,9 +137,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   config_lib.validate(config)
   workdir = os.path.abspath(workdir)
   _check_workdir(workdir, config)
-  os.makedirs(workdir, exist_ok=True)
-
   data = input_pipeline.load_data(config)
+  os.makedirs(workdir, exist_ok=True)
   _write_json(os.path.join(workdir, "config.json"), json.loads(config.to_json()))
   data.vocabulary.save(os.path.join(workdir, "vocabulary.json"))
   logging.info("Examples: %d train, %d validation, %d test.", len(data.train),

@@ -1,0 +1,59 @@
+"""Shared fixtures: a tiny TFDS dataset the tests write themselves, and the path of real IMDB."""
+
+import pathlib
+
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+PROJECT_ROOT = pathlib.Path(__file__).resolve().parent.parent
+REAL_DATA_DIR = PROJECT_ROOT.parent / "shared" / "data" / "tfds"
+
+POSITIVE = ["great", "superb", "moving", "brilliant"]
+NEGATIVE = ["awful", "boring", "dull", "terrible"]
+FILLER = ["the", "film", "a", "plot", "actor", "scene", "story", "and", "of", "was"]
+
+
+def synthetic_review(rng: np.random.Generator, label: int) -> str:
+  """A review whose sentiment word comes first, far from the end, then filler words."""
+  word = rng.choice(POSITIVE if label else NEGATIVE)
+  filler = " ".join(rng.choice(FILLER, size=int(rng.integers(8, 16))))
+  return f"{word.capitalize()}! {filler}<br /><br />{filler}."
+
+
+class TinyReviews(tfds.core.GeneratorBasedBuilder):
+  """IMDB's layout (text, label; train and test splits) with synthetic reviews."""
+
+  VERSION = tfds.core.Version("1.0.0")
+  SPLIT_SIZES = {"train": 200, "test": 37}  # 37: not a multiple of any batch size used.
+
+  def _info(self) -> tfds.core.DatasetInfo:
+    return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
+        "text": tfds.features.Text(),
+        "label": tfds.features.ClassLabel(names=["neg", "pos"]),
+    }))
+
+  def _split_generators(self, dl_manager):
+    del dl_manager
+    return {split: self._generate_examples(split, n) for split, n in self.SPLIT_SIZES.items()}
+
+  def _generate_examples(self, split: str, num_examples: int):
+    rng = np.random.default_rng(0 if split == "train" else 1)
+    for i in range(num_examples):
+      label = int(rng.integers(2))
+      yield i, {"text": synthetic_review(rng, label), "label": label}
+
+
+@pytest.fixture(scope="session")
+def tiny_data_dir(tmp_path_factory) -> str:
+  """A TFDS data_dir holding the prepared `tiny_reviews` dataset (ArrayRecord)."""
+  data_dir = tmp_path_factory.mktemp("tfds")
+  TinyReviews(data_dir=str(data_dir), file_format="array_record").download_and_prepare()
+  return str(data_dir)
+
+
+def tiny_overrides(data_dir, cache_dir) -> dict:
+  """Config values for a model small enough to train in seconds on `tiny_reviews`."""
+  return dict(dataset="tiny_reviews", data_dir=str(data_dir), cache_dir=str(cache_dir),
+              download=False, top_words=30, max_length=40, embedding_dim=8, lstm_units=8,
+              batch_size=16, eval_batch_size=16, num_epochs=2, learning_rate=0.01)

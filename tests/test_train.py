@@ -1,0 +1,181 @@
+"""Training: it learns, it is reproducible, and `python -m seqjax.main` runs end to end."""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from conftest import PROJECT_ROOT, REAL_DATA_DIR, TinyReviews, tiny_overrides
+from seqjax import config as config_lib
+from seqjax import input_pipeline, models, train
+from seqjax.errors import ConfigError
+
+
+def tiny_config(tiny_data_dir, tmp_path, **overrides):
+  config = config_lib.base_config()
+  config.update(tiny_overrides(tiny_data_dir, tmp_path / "cache"))
+  config.update(log_every_steps=1000, **overrides)
+  return config
+
+
+def run_main(workdir, *overrides, config="configs/lstm.py"):
+  return subprocess.run(
+      [sys.executable, "-m", "seqjax.main", f"--config={PROJECT_ROOT / config}",
+       f"--workdir={workdir}", *overrides],
+      cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=600)
+
+
+def overrides_as_flags(overrides: dict) -> list[str]:
+  return [f"--config.{k}={v}" for k, v in overrides.items()]
+
+
+def test_learns_a_label_set_by_a_token_far_from_the_end():
+  """The label is the first token of 40; the LSTM must carry it through 39 distractors."""
+  rng = np.random.default_rng(0)
+
+  def make(n):
+    labels = rng.integers(0, 2, n).astype(np.int32)
+    inputs = rng.integers(5, 20, (n, 40)).astype(np.int32)
+    inputs[:, 0] = 3 + labels
+    return input_pipeline.Split(inputs, labels)
+
+  train_split, test_split = make(1024), make(256)
+  config = config_lib.base_config()
+  config.update(top_words=20, max_length=40, embedding_dim=8, lstm_units=16,
+                learning_rate=0.003, batch_size=32)
+  state = train.create_train_state(config, models.create_model(config), jax.random.PRNGKey(0))
+  dropout_rng = jax.random.PRNGKey(1)
+  for epoch in range(10):
+    order = input_pipeline.epoch_order(len(train_split), 0, epoch)
+    for batch in input_pipeline.batches(train_split, 32, order):
+      state, _ = train.train_step(state, batch, dropout_rng)
+  assert train.evaluate(state, test_split, 64)["accuracy"] > 0.95
+
+
+def test_same_seed_gives_identical_parameters(tiny_data_dir, tmp_path):
+  def train_with_seed(name, seed):
+    config = tiny_config(tiny_data_dir, tmp_path, seed=seed, num_epochs=1,
+                         embedding_dropout=0.2, lstm_recurrent_dropout=0.2)
+    results = train.train_and_evaluate(config, str(tmp_path / name))
+    with ocp.CheckpointManager(tmp_path / name / "checkpoints") as manager:
+      params = manager.restore(manager.latest_step())["params"]
+    return results, jax.tree_util.tree_leaves(params)
+
+  first_results, first = train_with_seed("a", seed=3)
+  second_results, second = train_with_seed("b", seed=3)
+  _, other = train_with_seed("c", seed=4)
+  assert first_results["test_loss"] == second_results["test_loss"]
+  for x, y in zip(first, second, strict=True):
+    np.testing.assert_array_equal(x, y)
+  assert any(not np.array_equal(x, z) for x, z in zip(first, other, strict=True))
+
+
+def test_main_trains_end_to_end_and_writes_its_outputs(tiny_data_dir, tmp_path):
+  workdir = tmp_path / "run"
+  overrides = tiny_overrides(tiny_data_dir, tmp_path / "cache")
+  result = run_main(workdir, *overrides_as_flags(overrides))
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "Total Parameters" in result.stdout  # The model summary comes first.
+
+  results = json.loads((workdir / "results.json").read_text())
+  assert results["config_name"] == "lstm"
+  assert results["num_params"] == 30 * 8 + 4 * 8 * (8 + 8 + 1) + 8 + 1
+  assert results["num_test_examples"] == TinyReviews.SPLIT_SIZES["test"]  # None dropped.
+  assert results["num_train_examples"] == TinyReviews.SPLIT_SIZES["train"]
+  for key in ("test_accuracy", "test_loss", "train_seconds", "train_examples_per_second"):
+    assert isinstance(results[key], float) and results[key] > 0
+
+  epochs = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+  assert [e["epoch"] for e in epochs] == [1, 2]
+  assert epochs[-1]["test_accuracy"] == results["test_accuracy"]
+  assert json.loads((workdir / "vocabulary.json").read_text())["top_words"] == 30
+  assert json.loads((workdir / "config.json").read_text())["dataset"] == "tiny_reviews"
+  assert any(name.startswith("events.out.tfevents") for name in os.listdir(workdir))
+  assert os.listdir(workdir / "checkpoints")
+
+
+def test_rerun_resumes_and_extends_to_the_same_result(tiny_data_dir, tmp_path):
+  overrides = tiny_overrides(tiny_data_dir, tmp_path / "cache")
+  straight = train.train_and_evaluate(tiny_config(tiny_data_dir, tmp_path, num_epochs=2),
+                                      str(tmp_path / "straight"))
+  train.train_and_evaluate(tiny_config(tiny_data_dir, tmp_path, num_epochs=1),
+                           str(tmp_path / "resumed"))
+  resumed = run_main(tmp_path / "resumed", *overrides_as_flags(overrides))
+  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  assert "Resumed from the checkpoint at step 13" in resumed.stderr
+  results = json.loads((tmp_path / "resumed" / "results.json").read_text())
+  assert [e["epoch"] for e in results["epochs"]] == [1, 2]
+  assert results["test_loss"] == straight["test_loss"]
+  assert results["test_accuracy"] == straight["test_accuracy"]
+
+
+def test_workdir_of_another_config_is_refused(tiny_data_dir, tmp_path):
+  train.train_and_evaluate(tiny_config(tiny_data_dir, tmp_path, num_epochs=1),
+                           str(tmp_path / "run"))
+  with pytest.raises(ConfigError, match="lstm_units: 8 -> 9"):
+    train.train_and_evaluate(tiny_config(tiny_data_dir, tmp_path, lstm_units=9),
+                             str(tmp_path / "run"))
+
+
+@pytest.mark.parametrize("override, message", [
+    ("--config.lstm_dropout=1.5", "config.lstm_dropout=1.5 is invalid"),
+    ("--config.padding=middle", "config.padding='middle' is invalid"),
+    ("--config.top_words=3", "config.top_words=3 is invalid"),
+])
+def test_bad_config_value_exits_2_with_one_clear_line(tmp_path, override, message):
+  result = run_main(tmp_path / "run", override)
+  assert result.returncode == 2
+  assert message in result.stderr and "Traceback" not in result.stderr
+  assert not (tmp_path / "run").exists()
+
+
+def test_unknown_config_key_is_refused(tmp_path):
+  result = run_main(tmp_path / "run", "--config.lstm_unitz=3")
+  assert result.returncode != 0 and "lstm_unitz" in result.stderr
+
+
+def test_missing_data_exits_at_once_with_where_and_how(tmp_path):
+  result = run_main(tmp_path / "run", f"--config.data_dir={tmp_path / 'nothing'}",
+                    f"--config.cache_dir={tmp_path / 'cache'}", "--config.download=False")
+  assert result.returncode == 1
+  assert str(tmp_path / "nothing") in result.stderr and "TFDS_DATA_DIR" in result.stderr
+  assert "Traceback" not in result.stderr
+  assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("name", ["lstm_dropout", "lstm_recurrent_dropout", "bilstm",
+                                  "cnn_lstm"])
+def test_every_tutorial_config_trains(tiny_data_dir, tmp_path, name):
+  config = tiny_config(tiny_data_dir, tmp_path, num_epochs=1)
+  results = train.train_and_evaluate(
+      config_lib_from_file(name, config), str(tmp_path / name))
+  assert results["config_name"] == name and np.isfinite(results["test_loss"])
+
+
+def config_lib_from_file(name, tiny):
+  """The named tutorial config with the tiny data and sizes of `tiny`."""
+  from test_models import load_config
+  config = load_config(name)
+  config.update({k: v for k, v in tiny.items() if k in tiny_overrides("", "") or
+                 k == "log_every_steps" or k == "num_epochs"})
+  return config
+
+
+@pytest.mark.skipif(not REAL_DATA_DIR.exists(),
+                    reason=f"the prepared IMDB copy {REAL_DATA_DIR} is absent")
+def test_lstm_learns_real_imdb_reviews(tmp_path):
+  """3 epochs on 5,000 real reviews cut to 150 words: about 84% here; chance is 50%."""
+  from test_models import load_config
+  config = load_config("lstm")
+  config.update(data_dir=str(REAL_DATA_DIR), cache_dir=str(tmp_path / "cache"), download=False,
+                max_train_examples=5000, max_eval_examples=2000, max_length=150,
+                num_epochs=3, log_every_steps=1000)
+  results = train.train_and_evaluate(config, str(tmp_path / "run"))
+  assert results["num_params"] == 213_301
+  assert results["num_train_examples"] == 5000 and results["num_test_examples"] == 2000
+  assert results["test_accuracy"] > 0.75
