@@ -10,7 +10,6 @@ import hashlib
 import json
 import os
 import socket
-import tempfile
 import urllib.parse
 import zipfile
 from collections.abc import Iterator
@@ -20,7 +19,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from absl import logging
 
-from seqjax import tokenizer
+from seqjax import files, tokenizer
 from seqjax.errors import DataError
 
 # Bump when tokenization or encoding changes, so that old caches are not reused.
@@ -180,14 +179,8 @@ def _load_cache(path: str, config: ml_collections.ConfigDict) -> dict[str, np.nd
 
 def _save_cache(path: str, arrays: dict[str, np.ndarray]) -> None:
   os.makedirs(os.path.dirname(path), exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".tmp")
-  try:
-    with os.fdopen(fd, "wb") as f:
-      np.savez(f, **arrays)
-    os.replace(tmp, path)  # Readers see the whole file or none.
-  except BaseException:
-    os.remove(tmp)
-    raise
+  with files.atomic_open(path, "wb") as f:
+    np.savez(f, **arrays)
 
 
 def load_data(config: ml_collections.ConfigDict) -> Data:

@@ -7,12 +7,12 @@ kept, so `top_words` counts the three reserved ids as Keras does.
 
 import collections
 import json
-import os
 import re
 from collections.abc import Iterable, Sequence
 
 import numpy as np
 
+from seqjax import files
 from seqjax.errors import DataError
 
 PAD_ID, START_ID, OOV_ID = 0, 1, 2
@@ -56,11 +56,9 @@ class Vocabulary:
 
   def save(self, path: str) -> None:
     """Writes plain JSON (format, top_words, words in id order from id 3) atomically."""
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
+    with files.atomic_open(path, encoding="utf-8") as f:
       json.dump({"format": VOCAB_FORMAT, "top_words": self.top_words, "words": self.words},
                 f, ensure_ascii=False)
-    os.replace(tmp, path)
 
   @classmethod
   def load(cls, path: str) -> "Vocabulary":

@@ -17,7 +17,7 @@ from clu import metric_writers, metrics, periodic_actions
 from flax.training import train_state
 
 from seqjax import config as config_lib
-from seqjax import input_pipeline, models
+from seqjax import files, input_pipeline, models
 from seqjax.errors import ConfigError
 
 # Keys that change how a run is watched or stored, not what it computes: a workdir may be
@@ -106,11 +106,9 @@ def _check_workdir(workdir: str, config: ml_collections.ConfigDict) -> None:
 
 
 def _write_json(path: str, value: Any) -> None:
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
+  with files.atomic_open(path) as f:
     json.dump(value, f, indent=2)
     f.write("\n")
-  os.replace(tmp, path)
 
 
 def _read_history(path: str, last_epoch: int) -> list[dict]:
@@ -123,10 +121,8 @@ def _read_history(path: str, last_epoch: int) -> list[dict]:
 
 
 def _write_history(path: str, history: list[dict]) -> None:
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
+  with files.atomic_open(path) as f:
     f.writelines(json.dumps(r) + "\n" for r in history)
-  os.replace(tmp, path)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:

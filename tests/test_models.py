@@ -1,16 +1,13 @@
 """The models: Keras' parameter counts, Keras' LSTM equations, direction and dropout."""
 
-import importlib.util
-import pathlib
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from conftest import load_config
 from seqjax import models
 
-CONFIGS = pathlib.Path(__file__).resolve().parent.parent / "configs"
 KERAS_PARAM_COUNTS = {
     "lstm": 213_301,
     "lstm_dropout": 213_301,
@@ -18,13 +15,6 @@ KERAS_PARAM_COUNTS = {
     "bilstm": 266_601,
     "cnn_lstm": 216_405,
 }
-
-
-def load_config(name: str):
-  spec = importlib.util.spec_from_file_location(name, CONFIGS / f"{name}.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
 
 
 def init(model, inputs, seed=0):

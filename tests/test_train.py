@@ -10,7 +10,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from conftest import PROJECT_ROOT, REAL_DATA_DIR, TinyReviews, tiny_overrides
+from conftest import PROJECT_ROOT, REAL_DATA_DIR, TinyReviews, load_config, tiny_overrides
 from seqjax import config as config_lib
 from seqjax import input_pipeline, models, train
 from seqjax.errors import ConfigError
@@ -151,26 +151,17 @@ def test_missing_data_exits_at_once_with_where_and_how(tmp_path):
 @pytest.mark.parametrize("name", ["lstm_dropout", "lstm_recurrent_dropout", "bilstm",
                                   "cnn_lstm"])
 def test_every_tutorial_config_trains(tiny_data_dir, tmp_path, name):
-  config = tiny_config(tiny_data_dir, tmp_path, num_epochs=1)
-  results = train.train_and_evaluate(
-      config_lib_from_file(name, config), str(tmp_path / name))
-  assert results["config_name"] == name and np.isfinite(results["test_loss"])
-
-
-def config_lib_from_file(name, tiny):
-  """The named tutorial config with the tiny data and sizes of `tiny`."""
-  from test_models import load_config
   config = load_config(name)
-  config.update({k: v for k, v in tiny.items() if k in tiny_overrides("", "") or
-                 k == "log_every_steps" or k == "num_epochs"})
-  return config
+  config.update(tiny_overrides(tiny_data_dir, tmp_path / "cache"), num_epochs=1,
+                log_every_steps=1000)
+  results = train.train_and_evaluate(config, str(tmp_path / name))
+  assert results["config_name"] == name and np.isfinite(results["test_loss"])
 
 
 @pytest.mark.skipif(not REAL_DATA_DIR.exists(),
                     reason=f"the prepared IMDB copy {REAL_DATA_DIR} is absent")
 def test_lstm_learns_real_imdb_reviews(tmp_path):
   """3 epochs on 5,000 real reviews cut to 150 words: about 84% here; chance is 50%."""
-  from test_models import load_config
   config = load_config("lstm")
   config.update(data_dir=str(REAL_DATA_DIR), cache_dir=str(tmp_path / "cache"), download=False,
                 max_train_examples=5000, max_eval_examples=2000, max_length=150,
