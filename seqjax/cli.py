@@ -1,0 +1,36 @@
+"""What the command-line entry points share: a quiet console and user errors as one line.
+
+Import it before anything that imports TensorFlow (clu, TFDS): TensorFlow only writes
+TensorBoard files here, and its start-up chatter would bury the run's own output.
+"""
+
+import logging
+import os
+import sys
+from collections.abc import Callable
+from typing import Any
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+
+from absl import logging as absl_logging  # noqa: E402
+
+from seqjax.errors import UserError  # noqa: E402
+
+
+class _SeqjaxInfoOnly(logging.Filter):
+  """INFO lines from seqjax and clu; from other libraries (orbax, jax) only warnings."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return (record.levelno >= logging.WARNING
+            or any(part in record.pathname for part in ("/seqjax/", "/clu/")))
+
+
+def run(function: Callable[..., Any], *args) -> Any:
+  """Calls `function`; a UserError becomes `error: <message>` on stderr and its exit code."""
+  absl_logging.get_absl_handler().addFilter(_SeqjaxInfoOnly())
+  try:
+    return function(*args)
+  except UserError as e:
+    print(f"error: {e}", file=sys.stderr, flush=True)
+    sys.exit(e.exit_code)

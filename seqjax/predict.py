@@ -1,0 +1,198 @@
+"""Applies a trained model to raw text, from Python or from the command line.
+
+  clf = seqjax.load("runs/bilstm"); clf.predict(["An absolute masterpiece.", "Dull."])
+
+  python -m seqjax.predict --workdir=runs/bilstm "An absolute masterpiece." "Dull, far too long."
+  python -m seqjax.predict --workdir=runs/bilstm --input=reviews.txt --output=predictions.jsonl
+
+Texts go through the tokenizer, vocabulary, padding and truncation the run trained with, all
+read from its workdir.
+"""
+
+import contextlib
+import json
+import os
+import sys
+import time
+from collections.abc import Iterable, Iterator, Sequence
+
+from seqjax import cli  # First: it quiets TensorFlow before anything imports it.
+
+import jax  # noqa: E402
+import ml_collections  # noqa: E402
+import numpy as np  # noqa: E402
+import orbax.checkpoint as ocp  # noqa: E402
+from absl import app, flags, logging  # noqa: E402
+
+from seqjax import config as config_lib  # noqa: E402
+from seqjax import files, input_pipeline, models, tokenizer, train  # noqa: E402
+from seqjax.errors import DataError  # noqa: E402
+
+LABELS = ("negative", "positive")
+
+
+def _read_config(workdir: str) -> ml_collections.ConfigDict:
+  path = os.path.join(workdir, "config.json")
+  try:
+    with open(path) as f:
+      saved = json.load(f)
+  except (OSError, ValueError) as e:
+    raise DataError(f"Cannot read {path} ({e}). --workdir must be the workdir of a seqjax "
+                    "training run (it holds config.json, vocabulary.json and checkpoints/).") from e
+  config = config_lib.base_config()
+  unknown = sorted(set(saved) - set(config))
+  if unknown:
+    raise DataError(f"{path} has keys this seqjax does not know: {', '.join(unknown)}.")
+  config.update(saved)
+  return config
+
+
+def _shapes(tree) -> dict[str, tuple[int, ...]]:
+  """{'lstm/kernel': (32, 400), ...} for a tree of arrays or array metadata."""
+  return {"/".join(str(getattr(k, "key", k)) for k in path): tuple(leaf.shape)
+          for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
+
+
+class Predictor:
+  """A trained classifier read from a workdir: raw texts in, P(positive) out."""
+
+  def __init__(self, workdir: str, batch_size: int = 256):
+    self.workdir = os.path.abspath(workdir)
+    if not os.path.isdir(self.workdir):
+      raise DataError(f"The workdir {self.workdir} does not exist. Pass the --workdir of a "
+                      "finished `python -m seqjax.main` run.")
+    self.config = _read_config(self.workdir)
+    self.vocabulary = tokenizer.Vocabulary.load(os.path.join(self.workdir, "vocabulary.json"))
+    if self.vocabulary.top_words != self.config.top_words:
+      raise DataError(f"vocabulary.json has top_words={self.vocabulary.top_words} but "
+                      f"config.json has {self.config.top_words}: the workdir is inconsistent.")
+    self.batch_size = batch_size
+    self.model = models.create_model(self.config)
+    self.step, self.params = self._restore()
+    self._probabilities = jax.jit(
+        lambda params, inputs: jax.nn.sigmoid(self.model.apply({"params": params}, inputs)))
+
+  def _restore(self) -> tuple[int, dict]:
+    """The last checkpoint's step and parameters, checked against the config's shapes."""
+    path = os.path.join(self.workdir, "checkpoints")
+    no_checkpoint = DataError(f"{path} holds no checkpoint: the run has not finished an epoch. "
+                              "Train it (rerun the same `seqjax.main` command) first.")
+    if not os.path.isdir(path):
+      raise no_checkpoint
+    with ocp.CheckpointManager(path, item_handlers=ocp.StandardCheckpointHandler()) as manager:
+      step = manager.latest_step()
+      if step is None:
+        raise no_checkpoint
+      target = train.create_train_state(self.config, self.model, jax.random.PRNGKey(0))
+      stored = _shapes(dict(manager.item_metadata(step))["params"])
+      expected = _shapes(target.params)
+      if stored != expected:
+        differences = "; ".join(f"{k}: stored {stored.get(k)}, config {expected.get(k)}"
+                                for k in sorted(set(stored) | set(expected))
+                                if stored.get(k) != expected.get(k))
+        raise DataError(f"The checkpoint {path}/{step} does not match config.json "
+                        f"({differences}). Restore the workdir's own config.json or retrain.")
+      state = manager.restore(step, args=ocp.args.StandardRestore(target))
+    return step, state.params
+
+  def encode(self, texts: Iterable[str | bytes]) -> np.ndarray:
+    """(N, max_length) int32 ids, exactly as training encoded its reviews."""
+    return tokenizer.pad_sequences(
+        [self.vocabulary.encode(tokenizer.tokenize(t)) for t in texts],
+        self.config.max_length, self.config.padding, self.config.truncating)
+
+  def predict(self, texts: Sequence[str | bytes]) -> np.ndarray:
+    """P(positive) for each text, float32 (N,)."""
+    split = input_pipeline.Split(self.encode(texts), np.zeros(len(texts), np.int32))
+    out = [np.asarray(self._probabilities(self.params, batch["inputs"]))[batch["mask"] == 1]
+           for batch in input_pipeline.batches(split, self.batch_size)]
+    return np.concatenate(out) if out else np.zeros(0, np.float32)
+
+
+def load(workdir: str, batch_size: int = 256) -> Predictor:
+  """The model trained in `workdir` (its last checkpoint), ready to `predict` raw texts."""
+  return Predictor(workdir, batch_size)
+
+
+def read_lines(stream, name: str) -> Iterator[tuple[int, str]]:
+  """(line number, text) of a byte stream; \\r\\n ends a line too; bad UTF-8 is replaced."""
+  for number, raw in enumerate(stream, start=1):
+    raw = raw.rstrip(b"\n").rstrip(b"\r")
+    try:
+      text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+      logging.warning("%s line %d is not valid UTF-8 (%s); undecodable bytes replaced.", name,
+                      number, e.reason)
+      text = raw.decode("utf-8", errors="replace")
+    yield number, text
+
+
+def _chunks(lines: Iterator[tuple[int, str]], size: int) -> Iterator[list[tuple[int, str]]]:
+  chunk = []
+  for item in lines:
+    chunk.append(item)
+    if len(chunk) == size:
+      yield chunk
+      chunk = []
+  if chunk:
+    yield chunk
+
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("workdir", None, "Workdir of a finished `python -m seqjax.main` run.")
+flags.DEFINE_string("input", None, "File with one review per line; '-' reads standard input.")
+flags.DEFINE_string("output", None, "Write one JSON object per input line here (JSONL).")
+flags.DEFINE_integer("batch_size", 256, "Reviews per forward pass.")
+flags.DEFINE_integer("progress_every", 5000,
+                     "Reviews read at a time; progress goes to stderr after each such chunk.")
+
+
+def _run(texts: Sequence[str]) -> None:
+  predictor = load(FLAGS.workdir, FLAGS.batch_size)
+  print(f"Model: {predictor.workdir} ({predictor.config.name}), checkpoint of step "
+        f"{predictor.step} (the last).", file=sys.stderr)
+  with contextlib.ExitStack() as stack:
+    if FLAGS.input is None:
+      name, lines = "arguments", iter(enumerate(texts, start=1))
+    elif FLAGS.input == "-":
+      name, lines = "stdin", read_lines(sys.stdin.buffer, "stdin")
+    else:
+      try:
+        stream = stack.enter_context(open(FLAGS.input, "rb"))
+      except OSError as e:
+        raise DataError(f"Cannot open --input={FLAGS.input}: {e.strerror}.") from e
+      name, lines = FLAGS.input, read_lines(stream, FLAGS.input)
+    # The output file appears only once complete.
+    out = (stack.enter_context(files.atomic_open(FLAGS.output, encoding="utf-8"))
+           if FLAGS.output else None)
+    start, done = time.time(), 0
+    for chunk in _chunks(lines, FLAGS.progress_every):
+      probabilities = predictor.predict([text for _, text in chunk])
+      for (number, text), p in zip(chunk, probabilities):
+        label = LABELS[int(p > 0.5)]
+        if out:
+          out.write(json.dumps({"line": number, "probability": round(float(p), 6),
+                                "label": label}) + "\n")
+        else:
+          preview = " ".join(text.split())
+          print(f"{p:.4f}\t{label}\t{preview[:57] + '...' if len(preview) > 60 else preview}")
+      done += len(chunk)
+      if done >= FLAGS.progress_every:
+        print(f"{done} reviews from {name}, {done / (time.time() - start):.0f} reviews/s",
+              file=sys.stderr)
+  seconds = time.time() - start
+  print(f"Predicted {done} reviews in {seconds:.1f} s ({done / seconds:.0f} reviews/s).",
+        file=sys.stderr)
+
+
+def main(argv):
+  texts = argv[1:]
+  if FLAGS.workdir is None:
+    raise app.UsageError("--workdir is required.")
+  if bool(texts) == (FLAGS.input is not None):
+    raise app.UsageError("Give texts as arguments or --input=FILE, one of the two.")
+  cli.run(_run, texts)
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,132 @@
+"""Prediction on raw text from a trained workdir, through the Python API and the command line."""
+
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+import seqjax
+from conftest import PROJECT_ROOT, tiny_overrides
+from seqjax import config as config_lib
+from seqjax import train
+from seqjax.errors import DataError
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_data_dir, tmp_path_factory):
+  """A workdir with a small model trained on `tiny_reviews`, and its results."""
+  root = tmp_path_factory.mktemp("trained")
+  config = config_lib.base_config()
+  config.update(tiny_overrides(tiny_data_dir, root / "cache"), num_epochs=3,
+                log_every_steps=1000)
+  results = train.train_and_evaluate(config, str(root / "run"))
+  return root / "run", results
+
+
+def run_predict(*args, stdin=None):
+  return subprocess.run([sys.executable, "-m", "seqjax.predict", *map(str, args)],
+                        cwd=PROJECT_ROOT, input=stdin, capture_output=True, timeout=300)
+
+
+def test_predict_reproduces_the_test_accuracy_training_reported(trained, tiny_data_dir):
+  workdir, results = trained
+  test = tfds.data_source("tiny_reviews", data_dir=tiny_data_dir, download=False)["test"]
+  records = [test[i] for i in range(len(test))]
+  probabilities = seqjax.load(str(workdir)).predict([r["text"] for r in records])
+  labels = np.array([r["label"] for r in records])
+  assert probabilities.shape == (len(records),) and probabilities.dtype == np.float32
+  accuracy = np.mean((probabilities > 0.5) == (labels == 1))
+  assert accuracy == pytest.approx(results["test_accuracy"], abs=1e-6)
+
+
+def test_awkward_texts_all_get_a_probability(trained):
+  texts = ["", "   \t ", "qwzx vbnmq zzzyq", "Café, déjà vu 😀 映画 очень", "<br />Great<br /><br />",
+           "bad " * 250_000]  # The last is a 1 MB review.
+  probabilities = seqjax.load(str(trained[0])).predict(texts)
+  assert probabilities.shape == (6,)
+  assert np.all((probabilities > 0) & (probabilities < 1))
+
+
+def test_long_review_is_truncated_as_in_training(trained):
+  predictor = seqjax.load(str(trained[0]))
+  max_length = predictor.config.max_length
+  long, short = predictor.predict(["great " * 250_000, "great " * max_length])
+  assert long == short  # 'pre' truncation keeps the last max_length ids of both.
+  np.testing.assert_array_equal(predictor.encode(["great " * 250_000]),
+                                predictor.encode(["great " * max_length]))
+
+
+def test_empty_and_whitespace_texts_encode_like_an_empty_review(trained):
+  predictor = seqjax.load(str(trained[0]))
+  encoded = predictor.encode(["", "  ", "<br />"])
+  assert np.all(encoded[:, :-1] == 0) and np.all(encoded[:, -1] == 1)  # Padding, then start.
+  assert predictor.predict([]).shape == (0,)
+
+
+def test_cli_prints_a_probability_and_label_per_text(trained):
+  result = run_predict(f"--workdir={trained[0]}", "An absolute masterpiece.", "Dull, far too long.")
+  assert result.returncode == 0, result.stderr.decode()[-2000:]
+  lines = result.stdout.decode().splitlines()
+  assert len(lines) == 2
+  for line, text in zip(lines, ["An absolute masterpiece.", "Dull, far too long."]):
+    probability, label, preview = line.split("\t")
+    assert 0 < float(probability) < 1 and label in ("positive", "negative") and preview == text
+  assert b"checkpoint of step" in result.stderr and b"(the last)" in result.stderr
+
+
+def test_cli_file_with_crlf_and_invalid_utf8_gives_jsonl_in_order(trained, tmp_path):
+  lines = [b"Great film, superb!", b"awful \xff\xfe boring", b"", "Café 😀".encode(),
+           b"terrible <br /> dull"]
+  (tmp_path / "crlf.txt").write_bytes(b"\r\n".join(lines) + b"\r\n")
+  (tmp_path / "lf.txt").write_bytes(b"\n".join(lines))  # No final newline.
+  for name in ("crlf", "lf"):
+    result = run_predict(f"--workdir={trained[0]}", f"--input={tmp_path / name}.txt",
+                         f"--output={tmp_path / name}.jsonl")
+    assert result.returncode == 0, result.stderr.decode()[-2000:]
+    assert b"line 2 is not valid UTF-8" in result.stderr
+  crlf = [json.loads(x) for x in (tmp_path / "crlf.jsonl").read_text().splitlines()]
+  lf = [json.loads(x) for x in (tmp_path / "lf.jsonl").read_text().splitlines()]
+  assert [r["line"] for r in crlf] == [1, 2, 3, 4, 5]
+  assert crlf == lf  # '\r' is not part of a review.
+  api = seqjax.load(str(trained[0])).predict([x.decode(errors="replace") for x in lines])
+  np.testing.assert_allclose([r["probability"] for r in crlf], api, atol=1e-6)
+
+
+def test_cli_reads_standard_input(trained):
+  result = run_predict(f"--workdir={trained[0]}", "--input=-", stdin=b"great\nawful\n")
+  assert result.returncode == 0, result.stderr.decode()[-2000:]
+  assert len(result.stdout.decode().splitlines()) == 2
+
+
+def test_missing_workdir_is_one_clear_error(tmp_path):
+  result = run_predict(f"--workdir={tmp_path / 'nope'}", "text",
+                       f"--output={tmp_path / 'out.jsonl'}")
+  assert result.returncode == 1
+  assert b"does not exist" in result.stderr and b"Traceback" not in result.stderr
+  assert not (tmp_path / "out.jsonl").exists()
+
+
+def test_incomplete_workdir_is_refused(trained, tmp_path):
+  workdir = tmp_path / "incomplete"
+  shutil.copytree(trained[0], workdir)
+  shutil.rmtree(workdir / "checkpoints")
+  with pytest.raises(DataError, match="holds no checkpoint"):
+    seqjax.load(str(workdir))
+  (workdir / "vocabulary.json").unlink()
+  with pytest.raises(DataError, match="Cannot read the vocabulary"):
+    seqjax.load(str(workdir))
+
+
+def test_checkpoint_that_does_not_match_its_config_is_refused(trained, tmp_path):
+  workdir = tmp_path / "mismatch"
+  shutil.copytree(trained[0], workdir)
+  config = json.loads((workdir / "config.json").read_text())
+  config["lstm_units"] += 1
+  (workdir / "config.json").write_text(json.dumps(config))
+  result = run_predict(f"--workdir={workdir}", "text")
+  assert result.returncode == 1
+  assert b"does not match config.json" in result.stderr and b"Traceback" not in result.stderr
