@@ -48,8 +48,9 @@ class Data:
   vocabulary: tokenizer.Vocabulary
 
 
-def resolve_data_dir(config: ml_collections.ConfigDict) -> str:
-  return os.path.expanduser(config.data_dir or os.environ.get("TFDS_DATA_DIR")
+def resolve_data_dir(data_dir: str) -> str:
+  """`data_dir`, else $TFDS_DATA_DIR, else TFDS' default folder."""
+  return os.path.expanduser(data_dir or os.environ.get("TFDS_DATA_DIR")
                             or tfds.core.constants.DATA_DIR)
 
 
@@ -60,7 +61,7 @@ def _cache_dir(config: ml_collections.ConfigDict) -> str:
 
 def _open_sources(config: ml_collections.ConfigDict) -> dict:
   """The dataset's random-access splits; prepares them first only where allowed and possible."""
-  data_dir = resolve_data_dir(config)
+  data_dir = resolve_data_dir(config.data_dir)
   how_to = (f"To fix: point --config.data_dir or $TFDS_DATA_DIR at a folder that holds a "
             f"prepared copy (<dir>/{config.dataset}/...), or run with internet access and "
             "--config.download=True (the default) so that TFDS downloads and prepares it.")
@@ -185,7 +186,7 @@ def _save_cache(path: str, arrays: dict[str, np.ndarray]) -> None:
 
 def load_data(config: ml_collections.ConfigDict) -> Data:
   """Train, validation (if `validation_size`) and test splits, encoded; cached on disk."""
-  data_dir = resolve_data_dir(config)
+  data_dir = resolve_data_dir(config.data_dir)
   path = os.path.join(_cache_dir(config), f"{config.dataset}-{_cache_key(config, data_dir)}.npz")
   arrays = _load_cache(path, config)
   if arrays is None:

@@ -68,13 +68,20 @@ class Predictor:
                       f"config.json has {self.config.top_words}: the workdir is inconsistent.")
     self.batch_size = batch_size
     self.model = models.create_model(self.config)
-    self.step, self.params = self._restore()
+    self.checkpoint, self.step, self.params = self._restore()
     self._probabilities = jax.jit(
         lambda params, inputs: jax.nn.sigmoid(self.model.apply({"params": params}, inputs)))
 
-  def _restore(self) -> tuple[int, dict]:
-    """The last checkpoint's step and parameters, checked against the config's shapes."""
-    path = os.path.join(self.workdir, "checkpoints")
+  def _restore(self) -> tuple[str, int, dict]:
+    """Which checkpoint, its step and its parameters, checked against the config's shapes.
+
+    The checkpoint of the best validation accuracy where the run had a validation split,
+    else the last one.
+    """
+    which = "best on validation"
+    path = os.path.join(self.workdir, train.BEST_CHECKPOINT)
+    if not os.path.isdir(path):
+      which, path = "the last", os.path.join(self.workdir, train.CHECKPOINTS)
     no_checkpoint = DataError(f"{path} holds no checkpoint: the run has not finished an epoch. "
                               "Train it (rerun the same `seqjax.main` command) first.")
     if not os.path.isdir(path):
@@ -93,7 +100,7 @@ class Predictor:
         raise DataError(f"The checkpoint {path}/{step} does not match config.json "
                         f"({differences}). Restore the workdir's own config.json or retrain.")
       state = manager.restore(step, args=ocp.args.StandardRestore(target))
-    return step, state.params
+    return which, step, state.params
 
   def encode(self, texts: Iterable[str | bytes]) -> np.ndarray:
     """(N, max_length) int32 ids, exactly as training encoded its reviews."""
@@ -110,7 +117,11 @@ class Predictor:
 
 
 def load(workdir: str, batch_size: int = 256) -> Predictor:
-  """The model trained in `workdir` (its last checkpoint), ready to `predict` raw texts."""
+  """The model trained in `workdir`, ready to `predict` raw texts.
+
+  Its checkpoint is the one of the best validation accuracy if the run had a validation
+  split, else the last; `.checkpoint` and `.step` say which.
+  """
   return Predictor(workdir, batch_size)
 
 
@@ -150,7 +161,7 @@ flags.DEFINE_integer("progress_every", 5000,
 def _run(texts: Sequence[str]) -> None:
   predictor = load(FLAGS.workdir, FLAGS.batch_size)
   print(f"Model: {predictor.workdir} ({predictor.config.name}), checkpoint of step "
-        f"{predictor.step} (the last).", file=sys.stderr)
+        f"{predictor.step} ({predictor.checkpoint}).", file=sys.stderr)
   with contextlib.ExitStack() as stack:
     if FLAGS.input is None:
       name, lines = "arguments", iter(enumerate(texts, start=1))

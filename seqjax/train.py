@@ -28,6 +28,10 @@ NON_RESULT_KEYS = frozenset({"data_dir", "cache_dir", "download", "num_epochs", 
                              "checkpoint_every_steps", "keep_checkpoints", "eval_batch_size"})
 
 
+CHECKPOINTS = "checkpoints"
+BEST_CHECKPOINT = "best_checkpoint"
+
+
 @flax.struct.dataclass
 class Metrics(metrics.Collection):
   loss: metrics.Average.from_output("loss")
@@ -105,6 +109,11 @@ def _check_workdir(workdir: str, config: ml_collections.ConfigDict) -> None:
                       "Use a new --workdir, or delete this one to start over.")
 
 
+def _best_epoch(history: list[dict]) -> dict:
+  """The record with the highest validation accuracy; the earliest of equals."""
+  return max(history, key=lambda r: (r["validation_accuracy"], -r["epoch"]))
+
+
 def _write_json(path: str, value: Any) -> None:
   with files.atomic_open(path) as f:
     json.dump(value, f, indent=2)
@@ -147,8 +156,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   num_params = models.count_params(state.params)
 
   checkpoints = ocp.CheckpointManager(
-      os.path.join(workdir, "checkpoints"),
+      os.path.join(workdir, CHECKPOINTS),
       options=ocp.CheckpointManagerOptions(max_to_keep=config.keep_checkpoints, create=True))
+  # With a validation split, the epoch with the best validation accuracy is kept apart.
+  best_checkpoint = ocp.CheckpointManager(
+      os.path.join(workdir, BEST_CHECKPOINT),
+      options=ocp.CheckpointManagerOptions(max_to_keep=1, create=True)
+  ) if data.validation is not None else None
   if checkpoints.latest_step() is not None:
     state = checkpoints.restore(checkpoints.latest_step(), args=ocp.args.StandardRestore(state))
     logging.info("Resumed from the checkpoint at step %d.", int(state.step))
@@ -212,8 +226,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     history.append(record)
     _write_history(metrics_path, history)
     checkpoints.save(record["step"], args=ocp.args.StandardSave(state), force=True)
-  checkpoints.wait_until_finished()
-  checkpoints.close()
+    if best_checkpoint is not None and record is _best_epoch(history):
+      best_checkpoint.save(record["step"], args=ocp.args.StandardSave(state), force=True)
+  for manager in (checkpoints, best_checkpoint):
+    if manager is not None:
+      manager.wait_until_finished()
+      manager.close()
 
   final = history[-1]
   train_seconds = sum(r["train_seconds"] for r in history)
@@ -232,9 +250,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       "jax_version": jax.__version__,
   }
   if data.validation is not None:
+    best = _best_epoch(history)
     results.update(validation_accuracy=final["validation_accuracy"],
                    validation_loss=final["validation_loss"],
-                   num_validation_examples=len(data.validation))
+                   num_validation_examples=len(data.validation),
+                   best_epoch=best["epoch"],
+                   best_epoch_validation_accuracy=best["validation_accuracy"],
+                   best_epoch_test_accuracy=best["test_accuracy"],
+                   best_epoch_test_loss=best["test_loss"])
   _write_json(os.path.join(workdir, "results.json"), results)
   logging.info("Test accuracy %.4f, loss %.4f; results in %s", results["test_accuracy"],
                results["test_loss"], os.path.join(workdir, "results.json"))

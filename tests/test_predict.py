@@ -75,6 +75,7 @@ def test_cli_prints_a_probability_and_label_per_text(trained):
   for line, text in zip(lines, ["An absolute masterpiece.", "Dull, far too long."]):
     probability, label, preview = line.split("\t")
     assert 0 < float(probability) < 1 and label in ("positive", "negative") and preview == text
+  # Without a validation split there is no best epoch: the last checkpoint is used.
   assert b"checkpoint of step" in result.stderr and b"(the last)" in result.stderr
 
 
@@ -130,3 +131,17 @@ def test_checkpoint_that_does_not_match_its_config_is_refused(trained, tmp_path)
   result = run_predict(f"--workdir={workdir}", "text")
   assert result.returncode == 1
   assert b"does not match config.json" in result.stderr and b"Traceback" not in result.stderr
+
+
+def test_run_with_validation_predicts_with_its_best_validation_checkpoint(tiny_data_dir,
+                                                                          tmp_path):
+  config = config_lib.base_config()
+  config.update(tiny_overrides(tiny_data_dir, tmp_path / "cache"), num_epochs=4,
+                validation_size=60, log_every_steps=1000)
+  results = train.train_and_evaluate(config, str(tmp_path / "run"))
+  epochs = results["epochs"]
+  best = max(epochs, key=lambda r: (r["validation_accuracy"], -r["epoch"]))
+  assert results["best_epoch"] == best["epoch"]
+  assert results["best_epoch_test_accuracy"] == best["test_accuracy"]
+  predictor = seqjax.load(str(tmp_path / "run"))
+  assert predictor.checkpoint == "best on validation" and predictor.step == best["step"]
