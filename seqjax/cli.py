@@ -27,10 +27,10 @@ class _SeqjaxInfoOnly(logging.Filter):
 
 
 def run(function: Callable[..., Any], *args) -> Any:
-  """Calls `function`; a UserError becomes `error: <message>` on stderr and its exit code."""
+  """Calls `function`; a UserError becomes one line on stderr and its exit code."""
   absl_logging.get_absl_handler().addFilter(_SeqjaxInfoOnly())
   try:
     return function(*args)
   except UserError as e:
-    print(f"error: {e}", file=sys.stderr, flush=True)
+    print(f"{e.label}: {e}", file=sys.stderr, flush=True)
     sys.exit(e.exit_code)

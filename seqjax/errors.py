@@ -5,6 +5,7 @@ class UserError(Exception):
   """A problem the user can fix; the message names it and the fix."""
 
   exit_code = 1
+  label = "error"  # What the command line prints before the message.
 
 
 class ConfigError(UserError):

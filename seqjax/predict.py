@@ -21,9 +21,9 @@ from seqjax import cli  # First: it quiets TensorFlow before anything imports it
 import jax  # noqa: E402
 import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
-import orbax.checkpoint as ocp  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 
+from seqjax import checkpoints as ckpt  # noqa: E402
 from seqjax import config as config_lib  # noqa: E402
 from seqjax import files, input_pipeline, models, tokenizer, train  # noqa: E402
 from seqjax.errors import DataError  # noqa: E402
@@ -47,12 +47,6 @@ def _read_config(workdir: str) -> ml_collections.ConfigDict:
   return config
 
 
-def _shapes(tree) -> dict[str, tuple[int, ...]]:
-  """{'lstm/kernel': (32, 400), ...} for a tree of arrays or array metadata."""
-  return {"/".join(str(getattr(k, "key", k)) for k in path): tuple(leaf.shape)
-          for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
-
-
 class Predictor:
   """A trained classifier read from a workdir: raw texts in, P(positive) out."""
 
@@ -73,7 +67,7 @@ class Predictor:
         lambda params, inputs: jax.nn.sigmoid(self.model.apply({"params": params}, inputs)))
 
   def _restore(self) -> tuple[str, int, dict]:
-    """Which checkpoint, its step and its parameters, checked against the config's shapes.
+    """Which checkpoint, its step and its parameters.
 
     The checkpoint of the best validation accuracy where the run had a validation split,
     else the last one.
@@ -82,24 +76,18 @@ class Predictor:
     path = os.path.join(self.workdir, train.BEST_CHECKPOINT)
     if not os.path.isdir(path):
       which, path = "the last", os.path.join(self.workdir, train.CHECKPOINTS)
-    no_checkpoint = DataError(f"{path} holds no checkpoint: the run has not finished an epoch. "
-                              "Train it (rerun the same `seqjax.main` command) first.")
-    if not os.path.isdir(path):
-      raise no_checkpoint
-    with ocp.CheckpointManager(path, item_handlers=ocp.StandardCheckpointHandler()) as manager:
-      step = manager.latest_step()
-      if step is None:
-        raise no_checkpoint
+    step = None
+    if os.path.isdir(path):
+      checkpoints = ckpt.Checkpoints(path, keep=1, create=False)
+      step = checkpoints.latest_step()
+    if step is None:
+      raise DataError(f"{path} holds no checkpoint: the run has not finished an epoch. "
+                      "Train it (rerun the same `seqjax.main` command) first.")
+    try:
       target = train.create_train_state(self.config, self.model, jax.random.PRNGKey(0))
-      stored = _shapes(dict(manager.item_metadata(step))["params"])
-      expected = _shapes(target.params)
-      if stored != expected:
-        differences = "; ".join(f"{k}: stored {stored.get(k)}, config {expected.get(k)}"
-                                for k in sorted(set(stored) | set(expected))
-                                if stored.get(k) != expected.get(k))
-        raise DataError(f"The checkpoint {path}/{step} does not match config.json "
-                        f"({differences}). Restore the workdir's own config.json or retrain.")
-      state = manager.restore(step, args=ocp.args.StandardRestore(target))
+      state, _ = checkpoints.restore(step, target, train.Metrics.empty())
+    finally:
+      checkpoints.close()
     return which, step, state.params
 
   def encode(self, texts: Iterable[str | bytes]) -> np.ndarray:

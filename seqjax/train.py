@@ -1,8 +1,12 @@
 """Training and evaluation: create state, jitted steps, the epoch loop, checkpoints, metrics."""
 
+import contextlib
 import json
 import os
+import signal
+import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import flax
@@ -11,14 +15,14 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
-import orbax.checkpoint as ocp
 from absl import logging
 from clu import metric_writers, metrics, periodic_actions
 from flax.training import train_state
 
+from seqjax import checkpoints as ckpt
 from seqjax import config as config_lib
 from seqjax import files, input_pipeline, models
-from seqjax.errors import ConfigError
+from seqjax.errors import ConfigError, UserError
 
 # Keys that change how a run is watched or stored, not what it computes: a workdir may be
 # resumed with other values for these.
@@ -27,9 +31,22 @@ from seqjax.errors import ConfigError
 NON_RESULT_KEYS = frozenset({"data_dir", "cache_dir", "download", "num_epochs", "log_every_steps",
                              "checkpoint_every_steps", "keep_checkpoints", "eval_batch_size"})
 
-
 CHECKPOINTS = "checkpoints"
 BEST_CHECKPOINT = "best_checkpoint"
+
+
+class TrainingError(UserError):
+  """Training cannot go on (a non-finite loss); the last good checkpoint is kept."""
+
+
+class Interrupted(UserError):
+  """SIGINT or SIGTERM: the run saved a checkpoint and stopped; rerunning resumes."""
+
+  label = "stopped"
+
+  def __init__(self, message: str, exit_code: int):
+    super().__init__(message)
+    self.exit_code = exit_code
 
 
 @flax.struct.dataclass
@@ -134,6 +151,32 @@ def _write_history(path: str, history: list[dict]) -> None:
     f.writelines(json.dumps(r) + "\n" for r in history)
 
 
+@contextlib.contextmanager
+def _stop_requests() -> Iterator[list[int]]:
+  """Turns SIGINT and SIGTERM into a request the loop honours after the current step."""
+  received: list[int] = []
+  if threading.current_thread() is not threading.main_thread():
+    yield received  # Signal handlers can only be set from the main thread.
+    return
+  previous = {s: signal.signal(s, lambda signum, frame: received.append(signum))
+              for s in (signal.SIGINT, signal.SIGTERM)}
+  try:
+    yield received
+  finally:
+    for s, handler in previous.items():
+      signal.signal(s, handler)
+
+
+def _check_finite(first_bad_step: jax.Array, checkpoints: ckpt.Checkpoints) -> None:
+  """Stops the run if a step had a NaN or infinite loss; no checkpoint is written after it."""
+  step = int(first_bad_step)
+  if step >= 0:
+    raise TrainingError(
+        f"The training loss became NaN or infinite at step {step}. Stopped without saving; the "
+        f"last good checkpoint (step {checkpoints.latest_step()}) is kept. Lower "
+        "--config.learning_rate, or check the data.")
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Trains `config`'s model, evaluating after each epoch; returns what results.json holds.
 
@@ -154,84 +197,94 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   init_rng, dropout_rng = jax.random.split(jax.random.PRNGKey(config.seed))
   state = create_train_state(config, model, init_rng)
   num_params = models.count_params(state.params)
-
-  checkpoints = ocp.CheckpointManager(
-      os.path.join(workdir, CHECKPOINTS),
-      options=ocp.CheckpointManagerOptions(max_to_keep=config.keep_checkpoints, create=True))
-  # With a validation split, the epoch with the best validation accuracy is kept apart.
-  best_checkpoint = ocp.CheckpointManager(
-      os.path.join(workdir, BEST_CHECKPOINT),
-      options=ocp.CheckpointManagerOptions(max_to_keep=1, create=True)
-  ) if data.validation is not None else None
-  if checkpoints.latest_step() is not None:
-    state = checkpoints.restore(checkpoints.latest_step(), args=ocp.args.StandardRestore(state))
-    logging.info("Resumed from the checkpoint at step %d.", int(state.step))
-
   steps_per_epoch = input_pipeline.num_batches(len(data.train), config.batch_size)
-  num_steps = steps_per_epoch * config.num_epochs
-  start_step = int(state.step)
   metrics_path = os.path.join(workdir, "metrics.jsonl")
-  history = _read_history(metrics_path, start_step // steps_per_epoch)
-  _write_history(metrics_path, history)
 
-  writer = metric_writers.create_default_writer(workdir,
-                                                just_logging=jax.process_index() > 0)
-  if start_step == 0:
-    writer.write_hparams(config.to_dict())
-  report_progress = periodic_actions.ReportProgress(num_train_steps=num_steps, writer=writer)
-
-  for epoch in range(start_step // steps_per_epoch, config.num_epochs):
-    order = input_pipeline.epoch_order(len(data.train), config.seed, epoch)
-    skip = max(0, start_step - epoch * steps_per_epoch)  # Batches done before a resume.
-    epoch_metrics = None
-    epoch_start = time.time()
-    for i, batch in enumerate(input_pipeline.batches(data.train, config.batch_size, order)):
-      if i < skip:
-        continue
-      state, step_metrics = train_step(state, batch, dropout_rng)
-      epoch_metrics = step_metrics if epoch_metrics is None else epoch_metrics.merge(step_metrics)
-      step = epoch * steps_per_epoch + i + 1
-      report_progress(step)
-      if step % config.log_every_steps == 0:
-        m = epoch_metrics.compute()
-        seconds = time.time() - epoch_start
-        logging.info("epoch %d/%d  step %d/%d  loss %.4f  accuracy %.4f  %.0f examples/s",
-                     epoch + 1, config.num_epochs, i + 1, steps_per_epoch, m["loss"],
-                     m["accuracy"], (i + 1 - skip) * config.batch_size / seconds)
-      if config.checkpoint_every_steps and step % config.checkpoint_every_steps == 0 and (
-          i + 1 < steps_per_epoch):
-        checkpoints.save(step, args=ocp.args.StandardSave(state))
-    jax.block_until_ready(state)
-    train_seconds = time.time() - epoch_start
-    num_trained = min(len(data.train), (steps_per_epoch - skip) * config.batch_size)
-
-    eval_start = time.time()
-    record = {"epoch": epoch + 1, "step": int(state.step)}
-    record.update({f"train_{k}": float(v) for k, v in epoch_metrics.compute().items()})
+  with contextlib.ExitStack() as stack:
+    checkpoints = ckpt.Checkpoints(os.path.join(workdir, CHECKPOINTS), config.keep_checkpoints)
+    stack.callback(checkpoints.close)
+    # With a validation split, the epoch with the best validation accuracy is kept apart.
+    best_checkpoint = None
     if data.validation is not None:
-      record.update({f"validation_{k}": v for k, v in
-                     evaluate(state, data.validation, config.eval_batch_size).items()})
-    record.update({f"test_{k}": v for k, v in
-                   evaluate(state, data.test, config.eval_batch_size).items()})
-    record.update(train_seconds=round(train_seconds, 2),
-                  eval_seconds=round(time.time() - eval_start, 2),
-                  train_examples=num_trained,
-                  train_examples_per_second=round(num_trained / train_seconds, 1))
-    logging.info("epoch %d/%d  %s", epoch + 1, config.num_epochs,
-                 "  ".join(f"{k} {v:.4f}" if k.endswith(("loss", "accuracy")) else f"{k} {v}"
-                           for k, v in record.items() if k not in ("epoch", "step")))
-    writer.write_scalars(record["step"], {k: v for k, v in record.items()
-                                          if k not in ("epoch", "step")})
-    writer.flush()
-    history.append(record)
+      best_checkpoint = ckpt.Checkpoints(os.path.join(workdir, BEST_CHECKPOINT), 1)
+      stack.callback(best_checkpoint.close)
+    epoch_metrics = Metrics.empty()
+    restored = checkpoints.restore_latest(state, epoch_metrics)
+    if restored:
+      state, epoch_metrics = restored
+      logging.info("Resumed from the checkpoint at step %d.", int(state.step))
+    start_step = int(state.step)
+    history = _read_history(metrics_path, start_step // steps_per_epoch)
     _write_history(metrics_path, history)
-    checkpoints.save(record["step"], args=ocp.args.StandardSave(state), force=True)
-    if best_checkpoint is not None and record is _best_epoch(history):
-      best_checkpoint.save(record["step"], args=ocp.args.StandardSave(state), force=True)
-  for manager in (checkpoints, best_checkpoint):
-    if manager is not None:
-      manager.wait_until_finished()
-      manager.close()
+
+    writer = metric_writers.create_default_writer(workdir,
+                                                  just_logging=jax.process_index() > 0)
+    stack.callback(writer.close)
+    if start_step == 0:
+      writer.write_hparams(config.to_dict())
+    report_progress = periodic_actions.ReportProgress(
+        num_train_steps=steps_per_epoch * config.num_epochs, writer=writer)
+    first_bad_step = jnp.array(-1)  # The first step with a non-finite loss, kept on device.
+    stop = stack.enter_context(_stop_requests())
+
+    for epoch in range(start_step // steps_per_epoch, config.num_epochs):
+      order = input_pipeline.epoch_order(len(data.train), config.seed, epoch)
+      skip = max(0, start_step - epoch * steps_per_epoch)  # Batches done before a resume.
+      if not skip:
+        epoch_metrics = Metrics.empty()
+      epoch_start = time.time()
+      for i, batch in enumerate(input_pipeline.batches(data.train, config.batch_size, order)):
+        if i < skip:
+          continue
+        state, step_metrics = train_step(state, batch, dropout_rng)
+        epoch_metrics = epoch_metrics.merge(step_metrics)
+        step = epoch * steps_per_epoch + i + 1
+        first_bad_step = jnp.where((first_bad_step < 0) & ~jnp.isfinite(
+            step_metrics.loss.total), step, first_bad_step)
+        report_progress(step)
+        if step % config.log_every_steps == 0:
+          _check_finite(first_bad_step, checkpoints)
+          m = epoch_metrics.compute()
+          logging.info("epoch %d/%d  step %d/%d  loss %.4f  accuracy %.4f  %.0f examples/s",
+                       epoch + 1, config.num_epochs, i + 1, steps_per_epoch, m["loss"],
+                       m["accuracy"],
+                       (i + 1 - skip) * config.batch_size / (time.time() - epoch_start))
+        if stop or (config.checkpoint_every_steps and step % config.checkpoint_every_steps == 0
+                    and i + 1 < steps_per_epoch):
+          _check_finite(first_bad_step, checkpoints)
+          checkpoints.save(step, state, epoch_metrics)
+        if stop:
+          name = signal.Signals(stop[0]).name
+          raise Interrupted(f"{name} received: saved the checkpoint of step {step} in "
+                            f"{checkpoints.directory}. Rerun the same command to resume.",
+                            exit_code=128 + stop[0])
+      _check_finite(first_bad_step, checkpoints)
+      train_seconds = time.time() - epoch_start
+      num_trained = min(len(data.train), (steps_per_epoch - skip) * config.batch_size)
+
+      eval_start = time.time()
+      record = {"epoch": epoch + 1, "step": int(state.step)}
+      record.update({f"train_{k}": float(v) for k, v in epoch_metrics.compute().items()})
+      if data.validation is not None:
+        record.update({f"validation_{k}": v for k, v in
+                       evaluate(state, data.validation, config.eval_batch_size).items()})
+      record.update({f"test_{k}": v for k, v in
+                     evaluate(state, data.test, config.eval_batch_size).items()})
+      record.update(train_seconds=round(train_seconds, 2),
+                    eval_seconds=round(time.time() - eval_start, 2),
+                    train_examples=num_trained,
+                    train_examples_per_second=round(num_trained / train_seconds, 1))
+      logging.info("epoch %d/%d  %s", epoch + 1, config.num_epochs,
+                   "  ".join(f"{k} {v:.4f}" if k.endswith(("loss", "accuracy")) else f"{k} {v}"
+                             for k, v in record.items() if k not in ("epoch", "step")))
+      writer.write_scalars(record["step"], {k: v for k, v in record.items()
+                                            if k not in ("epoch", "step")})
+      writer.flush()
+      history.append(record)
+      _write_history(metrics_path, history)
+      checkpoints.save(record["step"], state, epoch_metrics)
+      if best_checkpoint is not None and record is _best_epoch(history):
+        best_checkpoint.save(record["step"], state, epoch_metrics)
 
   final = history[-1]
   train_seconds = sum(r["train_seconds"] for r in history)

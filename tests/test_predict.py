@@ -130,7 +130,7 @@ def test_checkpoint_that_does_not_match_its_config_is_refused(trained, tmp_path)
   (workdir / "config.json").write_text(json.dumps(config))
   result = run_predict(f"--workdir={workdir}", "text")
   assert result.returncode == 1
-  assert b"does not match config.json" in result.stderr and b"Traceback" not in result.stderr
+  assert b"does not match the config" in result.stderr and b"Traceback" not in result.stderr
 
 
 def test_run_with_validation_predicts_with_its_best_validation_checkpoint(tiny_data_dir,

@@ -7,9 +7,9 @@ import sys
 
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
 
+import seqjax
 from conftest import PROJECT_ROOT, REAL_DATA_DIR, TinyReviews, load_config, tiny_overrides
 from seqjax import config as config_lib
 from seqjax import input_pipeline, models, train
@@ -62,9 +62,7 @@ def test_same_seed_gives_identical_parameters(tiny_data_dir, tmp_path):
     config = tiny_config(tiny_data_dir, tmp_path, seed=seed, num_epochs=1,
                          embedding_dropout=0.2, lstm_recurrent_dropout=0.2)
     results = train.train_and_evaluate(config, str(tmp_path / name))
-    with ocp.CheckpointManager(tmp_path / name / "checkpoints") as manager:
-      params = manager.restore(manager.latest_step())["params"]
-    return results, jax.tree_util.tree_leaves(params)
+    return results, jax.tree_util.tree_leaves(seqjax.load(str(tmp_path / name)).params)
 
   first_results, first = train_with_seed("a", seed=3)
   second_results, second = train_with_seed("b", seed=3)

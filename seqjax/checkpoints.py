@@ -1,0 +1,92 @@
+"""A run's orbax checkpoints: the train state and the running metrics of the current epoch.
+
+Saving the epoch's running metrics too makes a resumed run report exactly what an
+uninterrupted one would. Orbax writes each checkpoint to a temporary folder and renames it
+when complete, so a crash mid-save leaves the previous checkpoints as they were.
+"""
+
+import os
+import shutil
+import time
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+from absl import logging
+
+from seqjax.errors import UserError
+
+
+class CheckpointError(UserError):
+  """A checkpoint could not be written or does not fit the config."""
+
+
+def param_shapes(tree: Any) -> dict[str, tuple[int, ...]]:
+  """{'lstm/kernel': (32, 400), ...} for a tree of arrays or of array metadata."""
+  return {"/".join(str(getattr(k, "key", k)) for k in path): tuple(leaf.shape)
+          for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
+
+
+class Checkpoints:
+  """The checkpoints in `directory`, the last `keep` of them kept."""
+
+  def __init__(self, directory: str, keep: int, create: bool = True):
+    self.directory = directory
+    self._manager = ocp.CheckpointManager(
+        directory, item_handlers=ocp.StandardCheckpointHandler(),
+        options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=create,
+                                             enable_async_checkpointing=False))
+
+  def latest_step(self) -> int | None:
+    return self._manager.latest_step()
+
+  def save(self, step: int, state: Any, epoch_metrics: Any) -> None:
+    """Writes the checkpoint of `step` whole, or raises CheckpointError leaving the others."""
+    try:
+      self._manager.save(step, args=ocp.args.StandardSave(
+          {"state": state, "epoch_metrics": epoch_metrics}), force=True)
+    except OSError as e:
+      previous = self.latest_step()
+      raise CheckpointError(
+          f"Could not write the checkpoint of step {step} to {self.directory} ({e.strerror or e})."
+          f" The previous checkpoint (step {previous}) is intact: free some space and rerun the "
+          "same command to resume from it.") from e
+
+  def restore(self, step: int, state: Any, epoch_metrics: Any) -> tuple[Any, Any]:
+    """(state, epoch_metrics) of `step`, shaped like the given ones."""
+    stored = param_shapes(dict(self._manager.item_metadata(step))["state"]["params"])
+    expected = param_shapes(state.params)
+    if stored != expected:
+      differences = "; ".join(f"{k}: stored {stored.get(k)}, config {expected.get(k)}"
+                              for k in sorted(set(stored) | set(expected))
+                              if stored.get(k) != expected.get(k))
+      raise CheckpointError(f"The checkpoint {self.directory}/{step} does not match the config "
+                            f"({differences}).")
+    restored = self._manager.restore(step, args=ocp.args.StandardRestore(
+        {"state": state, "epoch_metrics": epoch_metrics}))
+    return restored["state"], restored["epoch_metrics"]
+
+  def restore_latest(self, state: Any, epoch_metrics: Any) -> tuple[Any, Any] | None:
+    """The newest readable checkpoint, or None if there is none.
+
+    An unreadable checkpoint (a damaged file) is moved aside to `<directory>-unreadable/` with
+    a warning naming it, and the one before it is tried.
+    """
+    for step in sorted(self._manager.all_steps(), reverse=True):
+      try:
+        return self.restore(step, state, epoch_metrics)
+      except CheckpointError:
+        raise
+      except Exception as e:  # Orbax and TensorStore report damage in many exception types.
+        path = os.path.join(self.directory, str(step))
+        aside = os.path.join(f"{self.directory}-unreadable", f"{step}-{time.time():.0f}")
+        logging.warning("The checkpoint %s is unreadable (%s: %s); moved it to %s and falling "
+                        "back to the previous one.", path, type(e).__name__,
+                        str(e).splitlines()[0][:200] if str(e) else "", aside)
+        os.makedirs(os.path.dirname(aside), exist_ok=True)
+        shutil.move(path, aside)
+        self._manager.reload()
+    return None
+
+  def close(self) -> None:
+    self._manager.close()
