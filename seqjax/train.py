@@ -3,6 +3,7 @@
 import contextlib
 import json
 import os
+import shutil
 import signal
 import threading
 import time
@@ -123,7 +124,23 @@ def _check_workdir(workdir: str, config: ml_collections.ConfigDict) -> None:
   if differing:
     changes = ", ".join(f"{k}: {previous.get(k)!r} -> {current.get(k)!r}" for k in differing)
     raise ConfigError(f"The workdir {workdir} holds a run of another config ({changes}). "
-                      "Use a new --workdir, or delete this one to start over.")
+                      "Use a new --workdir, or pass --overwrite to delete that run and start "
+                      "over.")
+
+
+# What a run writes to its workdir; `--overwrite` removes these and nothing else.
+RUN_FILES = ("config.json", "vocabulary.json", "metrics.jsonl", "results.json", CHECKPOINTS,
+             BEST_CHECKPOINT, f"{CHECKPOINTS}-unreadable", f"{BEST_CHECKPOINT}-unreadable")
+
+
+def clear_workdir(workdir: str) -> None:
+  """Removes a previous run's files (and TensorBoard events) from `workdir`."""
+  if not os.path.isdir(workdir):
+    return
+  for name in os.listdir(workdir):
+    path = os.path.join(workdir, name)
+    if name in RUN_FILES or name.startswith("events.out.tfevents"):
+      shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
 
 
 def _best_epoch(history: list[dict]) -> dict:

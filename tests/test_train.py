@@ -120,23 +120,6 @@ def test_workdir_of_another_config_is_refused(tiny_data_dir, tmp_path):
                              str(tmp_path / "run"))
 
 
-@pytest.mark.parametrize("override, message", [
-    ("--config.lstm_dropout=1.5", "config.lstm_dropout=1.5 is invalid"),
-    ("--config.padding=middle", "config.padding='middle' is invalid"),
-    ("--config.top_words=3", "config.top_words=3 is invalid"),
-])
-def test_bad_config_value_exits_2_with_one_clear_line(tmp_path, override, message):
-  result = run_main(tmp_path / "run", override)
-  assert result.returncode == 2
-  assert message in result.stderr and "Traceback" not in result.stderr
-  assert not (tmp_path / "run").exists()
-
-
-def test_unknown_config_key_is_refused(tmp_path):
-  result = run_main(tmp_path / "run", "--config.lstm_unitz=3")
-  assert result.returncode != 0 and "lstm_unitz" in result.stderr
-
-
 def test_missing_data_exits_at_once_with_where_and_how(tmp_path):
   result = run_main(tmp_path / "run", f"--config.data_dir={tmp_path / 'nothing'}",
                     f"--config.cache_dir={tmp_path / 'cache'}", "--config.download=False")
