@@ -14,6 +14,7 @@ from ml_collections import config_flags  # noqa: E402
 
 from seqjax import config as config_lib  # noqa: E402
 from seqjax import train  # noqa: E402
+from seqjax import workdir as workdir_lib  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Folder for checkpoints, logs, vocabulary and results.")
@@ -58,7 +59,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
   if FLAGS.overwrite:
-    cli.run(train.clear_workdir, FLAGS.workdir)
+    cli.run(workdir_lib.clear, FLAGS.workdir)
   cli.run(train.train_and_evaluate, FLAGS.config, FLAGS.workdir)
 
 

@@ -26,13 +26,14 @@ from absl import app, flags, logging  # noqa: E402
 from seqjax import checkpoints as ckpt  # noqa: E402
 from seqjax import config as config_lib  # noqa: E402
 from seqjax import files, input_pipeline, models, tokenizer, train  # noqa: E402
+from seqjax import workdir as workdir_lib  # noqa: E402
 from seqjax.errors import DataError  # noqa: E402
 
 LABELS = ("negative", "positive")
 
 
 def _read_config(workdir: str) -> ml_collections.ConfigDict:
-  path = os.path.join(workdir, "config.json")
+  path = os.path.join(workdir, workdir_lib.CONFIG)
   try:
     with open(path) as f:
       saved = json.load(f)
@@ -56,7 +57,7 @@ class Predictor:
       raise DataError(f"The workdir {self.workdir} does not exist. Pass the --workdir of a "
                       "finished `python -m seqjax.main` run.")
     self.config = _read_config(self.workdir)
-    self.vocabulary = tokenizer.Vocabulary.load(os.path.join(self.workdir, "vocabulary.json"))
+    self.vocabulary = tokenizer.Vocabulary.load(os.path.join(self.workdir, workdir_lib.VOCABULARY))
     if self.vocabulary.top_words != self.config.top_words:
       raise DataError(f"vocabulary.json has top_words={self.vocabulary.top_words} but "
                       f"config.json has {self.config.top_words}: the workdir is inconsistent.")
@@ -73,9 +74,9 @@ class Predictor:
     else the last one.
     """
     which = "best on validation"
-    path = os.path.join(self.workdir, train.BEST_CHECKPOINT)
+    path = os.path.join(self.workdir, workdir_lib.BEST_CHECKPOINT)
     if not os.path.isdir(path):
-      which, path = "the last", os.path.join(self.workdir, train.CHECKPOINTS)
+      which, path = "the last", os.path.join(self.workdir, workdir_lib.CHECKPOINTS)
     step = None
     if os.path.isdir(path):
       checkpoints = ckpt.Checkpoints(path, keep=1, create=False)

@@ -3,7 +3,6 @@
 import contextlib
 import json
 import os
-import shutil
 import signal
 import threading
 import time
@@ -14,7 +13,6 @@ import flax
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 import optax
 from absl import logging
 from clu import metric_writers, metrics, periodic_actions
@@ -22,19 +20,9 @@ from flax.training import train_state
 
 from seqjax import checkpoints as ckpt
 from seqjax import config as config_lib
-from seqjax import files, input_pipeline, models
-from seqjax.errors import ConfigError, UserError
-
-# Keys that change how a run is watched or stored, not what it computes: a workdir may be
-# resumed with other values for these.
-# num_epochs is one of them because each epoch's data order depends only on (seed, epoch):
-# a run extended to more epochs continues exactly as a longer run would have.
-NON_RESULT_KEYS = frozenset({"data_dir", "cache_dir", "download", "num_epochs", "log_every_steps",
-                             "checkpoint_every_steps", "keep_checkpoints", "eval_batch_size"})
-
-CHECKPOINTS = "checkpoints"
-BEST_CHECKPOINT = "best_checkpoint"
-
+from seqjax import input_pipeline, models
+from seqjax import workdir as workdir_lib
+from seqjax.errors import UserError
 
 class TrainingError(UserError):
   """Training cannot go on (a non-finite loss); the last good checkpoint is kept."""
@@ -111,63 +99,6 @@ def print_summary(model: models.Classifier, config: ml_collections.ConfigDict) -
                        console_kwargs={"force_terminal": False, "width": 110}), flush=True)
 
 
-def _check_workdir(workdir: str, config: ml_collections.ConfigDict) -> None:
-  """Refuses to resume a workdir that was written by a config computing something else."""
-  path = os.path.join(workdir, "config.json")
-  if not os.path.exists(path):
-    return
-  with open(path) as f:
-    previous = json.load(f)
-  current = json.loads(config.to_json())
-  differing = sorted(k for k in set(previous) | set(current)
-                     if k not in NON_RESULT_KEYS and previous.get(k) != current.get(k))
-  if differing:
-    changes = ", ".join(f"{k}: {previous.get(k)!r} -> {current.get(k)!r}" for k in differing)
-    raise ConfigError(f"The workdir {workdir} holds a run of another config ({changes}). "
-                      "Use a new --workdir, or pass --overwrite to delete that run and start "
-                      "over.")
-
-
-# What a run writes to its workdir; `--overwrite` removes these and nothing else.
-RUN_FILES = ("config.json", "vocabulary.json", "metrics.jsonl", "results.json", CHECKPOINTS,
-             BEST_CHECKPOINT, f"{CHECKPOINTS}-unreadable", f"{BEST_CHECKPOINT}-unreadable")
-
-
-def clear_workdir(workdir: str) -> None:
-  """Removes a previous run's files (and TensorBoard events) from `workdir`."""
-  if not os.path.isdir(workdir):
-    return
-  for name in os.listdir(workdir):
-    path = os.path.join(workdir, name)
-    if name in RUN_FILES or name.startswith("events.out.tfevents"):
-      shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
-
-
-def _best_epoch(history: list[dict]) -> dict:
-  """The record with the highest validation accuracy; the earliest of equals."""
-  return max(history, key=lambda r: (r["validation_accuracy"], -r["epoch"]))
-
-
-def _write_json(path: str, value: Any) -> None:
-  with files.atomic_open(path) as f:
-    json.dump(value, f, indent=2)
-    f.write("\n")
-
-
-def _read_history(path: str, last_epoch: int) -> list[dict]:
-  """The per-epoch records of `metrics.jsonl` up to `last_epoch` (those a checkpoint covers)."""
-  if not os.path.exists(path):
-    return []
-  with open(path) as f:
-    records = [json.loads(line) for line in f if line.strip()]
-  return [r for r in records if r["epoch"] <= last_epoch]
-
-
-def _write_history(path: str, history: list[dict]) -> None:
-  with files.atomic_open(path) as f:
-    f.writelines(json.dumps(r) + "\n" for r in history)
-
-
 @contextlib.contextmanager
 def _stop_requests() -> Iterator[list[int]]:
   """Turns SIGINT and SIGTERM into a request the loop honours after the current step."""
@@ -201,11 +132,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   """
   config_lib.validate(config)
   workdir = os.path.abspath(workdir)
-  _check_workdir(workdir, config)
+  workdir_lib.check_config(workdir, config)
   data = input_pipeline.load_data(config)
   os.makedirs(workdir, exist_ok=True)
-  _write_json(os.path.join(workdir, "config.json"), json.loads(config.to_json()))
-  data.vocabulary.save(os.path.join(workdir, "vocabulary.json"))
+  workdir_lib.write_json(os.path.join(workdir, workdir_lib.CONFIG),
+                         json.loads(config.to_json()))
+  data.vocabulary.save(os.path.join(workdir, workdir_lib.VOCABULARY))
   logging.info("Examples: %d train, %d validation, %d test.", len(data.train),
                len(data.validation) if data.validation else 0, len(data.test))
 
@@ -215,15 +147,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   state = create_train_state(config, model, init_rng)
   num_params = models.count_params(state.params)
   steps_per_epoch = input_pipeline.num_batches(len(data.train), config.batch_size)
-  metrics_path = os.path.join(workdir, "metrics.jsonl")
 
   with contextlib.ExitStack() as stack:
-    checkpoints = ckpt.Checkpoints(os.path.join(workdir, CHECKPOINTS), config.keep_checkpoints)
+    checkpoints = ckpt.Checkpoints(os.path.join(workdir, workdir_lib.CHECKPOINTS),
+                                   config.keep_checkpoints)
     stack.callback(checkpoints.close)
     # With a validation split, the epoch with the best validation accuracy is kept apart.
     best_checkpoint = None
     if data.validation is not None:
-      best_checkpoint = ckpt.Checkpoints(os.path.join(workdir, BEST_CHECKPOINT), 1)
+      best_checkpoint = ckpt.Checkpoints(os.path.join(workdir, workdir_lib.BEST_CHECKPOINT), 1)
       stack.callback(best_checkpoint.close)
     epoch_metrics = Metrics.empty()
     restored = checkpoints.restore_latest(state, epoch_metrics)
@@ -231,8 +163,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       state, epoch_metrics = restored
       logging.info("Resumed from the checkpoint at step %d.", int(state.step))
     start_step = int(state.step)
-    history = _read_history(metrics_path, start_step // steps_per_epoch)
-    _write_history(metrics_path, history)
+    history = workdir_lib.read_history(workdir, start_step // steps_per_epoch)
+    workdir_lib.write_history(workdir, history)
 
     writer = metric_writers.create_default_writer(workdir,
                                                   just_logging=jax.process_index() > 0)
@@ -298,9 +230,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                                             if k not in ("epoch", "step")})
       writer.flush()
       history.append(record)
-      _write_history(metrics_path, history)
+      workdir_lib.write_history(workdir, history)
       checkpoints.save(record["step"], state, epoch_metrics)
-      if best_checkpoint is not None and record is _best_epoch(history):
+      if best_checkpoint is not None and record is workdir_lib.best_epoch(history):
         best_checkpoint.save(record["step"], state, epoch_metrics)
 
   final = history[-1]
@@ -320,7 +252,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       "jax_version": jax.__version__,
   }
   if data.validation is not None:
-    best = _best_epoch(history)
+    best = workdir_lib.best_epoch(history)
     results.update(validation_accuracy=final["validation_accuracy"],
                    validation_loss=final["validation_loss"],
                    num_validation_examples=len(data.validation),
@@ -328,7 +260,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                    best_epoch_validation_accuracy=best["validation_accuracy"],
                    best_epoch_test_accuracy=best["test_accuracy"],
                    best_epoch_test_loss=best["test_loss"])
-  _write_json(os.path.join(workdir, "results.json"), results)
+  workdir_lib.write_json(os.path.join(workdir, workdir_lib.RESULTS), results)
   logging.info("Test accuracy %.4f, loss %.4f; results in %s", results["test_accuracy"],
-               results["test_loss"], os.path.join(workdir, "results.json"))
+               results["test_loss"], os.path.join(workdir, workdir_lib.RESULTS))
   return results

@@ -1,0 +1,87 @@
+"""A run's workdir: what it holds, whether a config may resume it, and its metrics history.
+
+  config.json, vocabulary.json   what the run computes, and how it reads text
+  metrics.jsonl, results.json    one record per epoch; the summary at the end
+  checkpoints/, best_checkpoint/ orbax checkpoints (best_checkpoint/ only with validation)
+  events.out.tfevents.*          TensorBoard summaries
+"""
+
+import json
+import os
+import shutil
+from typing import Any
+
+import ml_collections
+
+from seqjax import files
+from seqjax.errors import ConfigError
+
+CONFIG = "config.json"
+VOCABULARY = "vocabulary.json"
+METRICS = "metrics.jsonl"
+RESULTS = "results.json"
+CHECKPOINTS = "checkpoints"
+BEST_CHECKPOINT = "best_checkpoint"
+# What a run writes; `--overwrite` removes these (and TensorBoard events) and nothing else.
+RUN_FILES = (CONFIG, VOCABULARY, METRICS, RESULTS, CHECKPOINTS, BEST_CHECKPOINT,
+             f"{CHECKPOINTS}-unreadable", f"{BEST_CHECKPOINT}-unreadable")
+
+# Keys that change how a run is watched or stored, not what it computes: a workdir may be
+# resumed with other values for these. num_epochs is one of them because each epoch's data
+# order depends only on (seed, epoch): a run extended to more epochs continues exactly as a
+# longer run would have.
+NON_RESULT_KEYS = frozenset({"data_dir", "cache_dir", "download", "num_epochs", "log_every_steps",
+                             "checkpoint_every_steps", "keep_checkpoints", "eval_batch_size"})
+
+
+def check_config(workdir: str, config: ml_collections.ConfigDict) -> None:
+  """Refuses to resume a workdir that was written by a config computing something else."""
+  path = os.path.join(workdir, CONFIG)
+  if not os.path.exists(path):
+    return
+  with open(path) as f:
+    previous = json.load(f)
+  current = json.loads(config.to_json())
+  differing = sorted(k for k in set(previous) | set(current)
+                     if k not in NON_RESULT_KEYS and previous.get(k) != current.get(k))
+  if differing:
+    changes = ", ".join(f"{k}: {previous.get(k)!r} -> {current.get(k)!r}" for k in differing)
+    raise ConfigError(f"The workdir {workdir} holds a run of another config ({changes}). "
+                      "Use a new --workdir, or pass --overwrite to delete that run and start "
+                      "over.")
+
+
+def clear(workdir: str) -> None:
+  """Removes a previous run's files from `workdir`."""
+  if not os.path.isdir(workdir):
+    return
+  for name in os.listdir(workdir):
+    path = os.path.join(workdir, name)
+    if name in RUN_FILES or name.startswith("events.out.tfevents"):
+      shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
+
+
+def write_json(path: str, value: Any) -> None:
+  with files.atomic_open(path) as f:
+    json.dump(value, f, indent=2)
+    f.write("\n")
+
+
+def read_history(workdir: str, last_epoch: int) -> list[dict]:
+  """The per-epoch records of metrics.jsonl up to `last_epoch` (those a checkpoint covers)."""
+  path = os.path.join(workdir, METRICS)
+  if not os.path.exists(path):
+    return []
+  with open(path) as f:
+    records = [json.loads(line) for line in f if line.strip()]
+  return [r for r in records if r["epoch"] <= last_epoch]
+
+
+def write_history(workdir: str, history: list[dict]) -> None:
+  with files.atomic_open(os.path.join(workdir, METRICS)) as f:
+    f.writelines(json.dumps(r) + "\n" for r in history)
+
+
+def best_epoch(history: list[dict]) -> dict:
+  """The record with the highest validation accuracy; the earliest of equals."""
+  return max(history, key=lambda r: (r["validation_accuracy"], -r["epoch"]))
