@@ -5,6 +5,7 @@ uninterrupted one would. Orbax writes each checkpoint to a temporary folder and 
 when complete, so a crash mid-save leaves the previous checkpoints as they were.
 """
 
+import errno
 import os
 import shutil
 import time
@@ -45,12 +46,15 @@ class Checkpoints:
     try:
       self._manager.save(step, args=ocp.args.StandardSave(
           {"state": state, "epoch_metrics": epoch_metrics}), force=True)
-    except OSError as e:
-      previous = self.latest_step()
+    except Exception as e:  # A full disk is an OSError here, a ValueError from TensorStore.
+      if getattr(e, "errno", None) == errno.ENOSPC or "No space left on device" in str(e):
+        reason = "No space left on device"
+      else:
+        reason = (str(e).splitlines() or [type(e).__name__])[0][:300]
       raise CheckpointError(
-          f"Could not write the checkpoint of step {step} to {self.directory} ({e.strerror or e})."
-          f" The previous checkpoint (step {previous}) is intact: free some space and rerun the "
-          "same command to resume from it.") from e
+          f"Could not write the checkpoint of step {step} to {self.directory} ({reason}). "
+          f"The previous checkpoint (step {self.latest_step()}) is intact: free some space and "
+          "rerun the same command to resume from it.") from e
 
   def restore(self, step: int, state: Any, epoch_metrics: Any) -> tuple[Any, Any]:
     """(state, epoch_metrics) of `step`, shaped like the given ones."""

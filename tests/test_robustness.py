@@ -172,6 +172,30 @@ def test_full_disk_while_saving_is_a_clear_error_and_keeps_the_previous_checkpoi
   assert seqjax.load(str(tmp_path / "run")).step == 8
 
 
+@pytest.fixture
+def small_disk(tmp_path):
+  """A 2 MB tmpfs (needs root, as in CI here); skips where it cannot be mounted."""
+  mount_point = tmp_path / "small_disk"
+  mount_point.mkdir()
+  mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount_point)],
+                           capture_output=True)
+  if mounted.returncode != 0:
+    pytest.skip(f"cannot mount a small tmpfs here: {mounted.stderr.decode().strip()}")
+  yield mount_point
+  subprocess.run(["umount", str(mount_point)], check=True)
+
+
+def test_real_full_disk_stops_with_a_clear_error_and_the_previous_checkpoint_restores(
+    tiny_data_dir, tmp_path, small_disk):
+  config = tiny_config(tiny_data_dir, tmp_path, lstm_units=64, checkpoint_every_steps=1,
+                       keep_checkpoints=100)
+  with pytest.raises(ckpt.CheckpointError, match=r"No space left on device.*previous "
+                                                 r"checkpoint \(step (\d+)\) is intact") as error:
+    train.train_and_evaluate(config, str(small_disk / "run"))
+  intact = int(re.search(r"previous checkpoint \(step (\d+)\)", str(error.value))[1])
+  assert intact > 0 and seqjax.load(str(small_disk / "run")).step == intact
+
+
 @pytest.mark.parametrize("key, value, allowed", [
     ("lstm_dropout", 1.0, "use a rate in [0, 1)"),
     ("embedding_dropout", -0.1, "use a rate in [0, 1)"),
