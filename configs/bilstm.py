@@ -1,4 +1,4 @@
-"""The tutorial's Bidirectional(LSTM(100, dropout=0.2, recurrent_dropout=0.2)); 266,601 parameters."""
+"""The tutorial's Bidirectional(LSTM(100, dropout=0.2, recurrent_dropout=0.2)); 266,601 params."""
 
 from seqjax import config as config_lib
 

@@ -168,7 +168,7 @@ def _run(texts: Sequence[str]) -> None:
     start, done = time.time(), 0
     for chunk in _chunks(lines, FLAGS.progress_every):
       probabilities = predictor.predict([text for _, text in chunk])
-      for (number, text), p in zip(chunk, probabilities):
+      for (number, text), p in zip(chunk, probabilities, strict=True):
         label = LABELS[int(p > 0.5)]
         if out:
           out.write(json.dumps({"line": number, "probability": round(float(p), 6),

@@ -44,8 +44,8 @@ def test_predict_reproduces_the_test_accuracy_training_reported(trained, tiny_da
 
 
 def test_awkward_texts_all_get_a_probability(trained):
-  texts = ["", "   \t ", "qwzx vbnmq zzzyq", "Café, déjà vu 😀 映画 очень", "<br />Great<br /><br />",
-           "bad " * 250_000]  # The last is a 1 MB review.
+  texts = ["", "   \t ", "qwzx vbnmq zzzyq", "Café, déjà vu 😀 映画 очень",
+           "<br />Great<br /><br />", "bad " * 250_000]  # The last is a 1 MB review.
   probabilities = seqjax.load(str(trained[0])).predict(texts)
   assert probabilities.shape == (6,)
   assert np.all((probabilities > 0) & (probabilities < 1))
@@ -72,7 +72,8 @@ def test_cli_prints_a_probability_and_label_per_text(trained):
   assert result.returncode == 0, result.stderr.decode()[-2000:]
   lines = result.stdout.decode().splitlines()
   assert len(lines) == 2
-  for line, text in zip(lines, ["An absolute masterpiece.", "Dull, far too long."]):
+  texts = ["An absolute masterpiece.", "Dull, far too long."]
+  for line, text in zip(lines, texts, strict=True):
     probability, label, preview = line.split("\t")
     assert 0 < float(probability) < 1 and label in ("positive", "negative") and preview == text
   # Without a validation split there is no best epoch: the last checkpoint is used.
