@@ -5,6 +5,10 @@ Defaults are the Keras tutorial's: IMDB, 5,000 words, reviews cut or padded to 5
 3 epochs, seed 7. A config file changes only what makes its model different.
 """
 
+import importlib.util
+import os
+import pathlib
+
 import ml_collections
 
 from seqjax.errors import ConfigError
@@ -47,6 +51,12 @@ def base_config() -> ml_collections.ConfigDict:
   config.lstm_recurrent_dropout = 0.0  # Keras' LSTM(recurrent_dropout=...): on the state.
   config.bidirectional = False
   config.output_dropout = 0.0  # Dropout layer after the LSTM.
+  # Exact masking: padded steps leave the LSTM state unchanged, so a review's result does not
+  # depend on its batch's padding. Needs padding='post' (the words first).
+  config.mask_padding = False
+  # With masking, batches group reviews of similar length and are cut to the next multiple of
+  # bucket_width above their longest review (at most max_length); 0 = every batch max_length.
+  config.bucket_width = 0
 
   # Training.
   config.learning_rate = 1e-3
@@ -57,6 +67,30 @@ def base_config() -> ml_collections.ConfigDict:
   config.log_every_steps = 50
   config.checkpoint_every_steps = 0  # 0 = at the end of each epoch only.
   config.keep_checkpoints = 3
+  return config
+
+
+def from_file(path: str | os.PathLike) -> ml_collections.ConfigDict:
+  """`get_config()` of a config file, loaded as `--config=<path>` would load it."""
+  spec = importlib.util.spec_from_file_location(pathlib.Path(path).stem, path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
+
+
+def bucketed(tutorial_config_file: str | os.PathLike) -> ml_collections.ConfigDict:
+  """The config in `tutorial_config_file`, with exact masking and length bucketing.
+
+  The model and its parameters are unchanged. Reviews are padded after their words, padded
+  steps leave the LSTM state unchanged, and batches are cut to the next multiple of 50 steps
+  above their longest review: at most max_length / 50 = 10 batch shapes, so at most 10
+  compilations of each step.
+  """
+  config = from_file(tutorial_config_file)
+  config.name += "_bucketed"
+  config.padding = "post"
+  config.mask_padding = True
+  config.bucket_width = 50
   return config
 
 
@@ -75,7 +109,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _check(config.top_words >= 4, "top_words", config.top_words,
          "use >= 4 (ids 0-2 are reserved for padding, start and out-of-vocabulary)")
   for key in ("max_train_examples", "max_eval_examples", "validation_size", "conv_filters",
-              "checkpoint_every_steps"):
+              "checkpoint_every_steps", "bucket_width"):
     value = config[key]
     _check(isinstance(value, int) and value >= 0, key, value, "use an integer >= 0")
   for key in ("embedding_dropout", "lstm_dropout", "lstm_recurrent_dropout", "output_dropout"):
@@ -85,6 +119,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _check(config[key] in PAD_SIDES, key, config[key], "use 'pre' or 'post'")
   _check(config.learning_rate > 0, "learning_rate", config.learning_rate, "use a value > 0")
   _check(bool(config.dataset), "dataset", config.dataset, "name a TFDS dataset")
+  if config.mask_padding:
+    _check(config.padding == "post", "padding", config.padding,
+           "use 'post' with mask_padding=True (masking expects the words first)")
+  if config.bucket_width:
+    _check(config.mask_padding, "bucket_width", config.bucket_width,
+           "bucketing needs mask_padding=True, else padding would change the results")
   if config.conv_filters:
     _check(config.max_length >= config.pool_size, "pool_size", config.pool_size,
            f"use at most max_length={config.max_length}")

@@ -39,6 +39,14 @@ class Split:
   def __len__(self) -> int:
     return len(self.labels)
 
+  def lengths(self) -> np.ndarray:
+    """(N,) ids per example that are not padding."""
+    return np.sum(self.inputs != tokenizer.PAD_ID, axis=1)
+
+  def order(self, bucketed: bool) -> np.ndarray:
+    """The evaluation order: as stored, or by length so that batches can be cut short."""
+    return np.argsort(self.lengths(), kind="stable") if bucketed else np.arange(len(self))
+
 
 @dataclasses.dataclass(frozen=True)
 class Data:
@@ -215,19 +223,45 @@ def epoch_order(num_examples: int, seed: int, epoch: int) -> np.ndarray:
   return np.random.default_rng([seed, epoch]).permutation(num_examples)
 
 
-def batches(split: Split, batch_size: int, order: np.ndarray | None = None) -> Iterator[dict]:
+def bucketed_epoch_order(lengths: np.ndarray, batch_size: int, seed: int,
+                         epoch: int) -> np.ndarray:
+  """An epoch order whose consecutive batches hold reviews of similar length.
+
+  The shuffled order is cut into windows of 50 batches, each sorted by length and cut into
+  batches; the full batches are then shuffled (a partial one stays last). A pure function of
+  (seed, epoch), like `epoch_order`.
+  """
+  order = epoch_order(len(lengths), seed, epoch)
+  window = 50 * batch_size
+  order = np.concatenate([w[np.argsort(lengths[w], kind="stable")]
+                          for w in np.split(order, range(window, len(order), window))])
+  full = len(order) // batch_size
+  shuffled = np.random.default_rng([seed, epoch, 1]).permutation(full)
+  return np.concatenate([order[:full * batch_size].reshape(full, batch_size)[shuffled].ravel(),
+                         order[full * batch_size:]])
+
+
+def batches(split: Split, batch_size: int, order: np.ndarray | None = None,
+            bucket_width: int = 0) -> Iterator[dict]:
   """Batches of `batch_size` in `order`; the last one padded, with `mask` 0 on the padding.
 
-  Every batch has the same shape, so one compiled step serves all, and every example is
-  counted exactly once. Yields {'inputs': (B, T) int32, 'labels': (B,) int32, 'mask': (B,)}.
+  Every example is counted exactly once. Yields {'inputs': (B, T) int32, 'labels': (B,) int32,
+  'mask': (B,) float32}. T is the full length, so one compiled step serves all batches; with
+  `bucket_width` (for masked models, words first), T is cut to the next multiple of
+  bucket_width above the batch's longest review, so only a few shapes occur.
   """
   order = np.arange(len(split)) if order is None else order
+  full_length = split.inputs.shape[1]
   for start in range(0, len(order), batch_size):
     index = order[start:start + batch_size]
     pad = batch_size - len(index)
     mask = np.concatenate([np.ones(len(index), np.float32), np.zeros(pad, np.float32)])
-    index = np.concatenate([index, np.zeros(pad, index.dtype)])
-    yield {"inputs": split.inputs[index], "labels": split.labels[index], "mask": mask}
+    index = np.concatenate([index, np.full(pad, index[0], index.dtype)])
+    inputs = split.inputs[index]
+    if bucket_width:
+      longest = int(np.max(np.sum(inputs != tokenizer.PAD_ID, axis=1)))
+      inputs = inputs[:, :min(full_length, bucket_width * max(1, -(-longest // bucket_width)))]
+    yield {"inputs": inputs, "labels": split.labels[index], "mask": mask}
 
 
 def num_batches(num_examples: int, batch_size: int) -> int:

@@ -10,6 +10,8 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from seqjax.tokenizer import PAD_ID
+
 Array = jax.Array
 
 # Keras' defaults: glorot-uniform kernels, orthogonal recurrent kernel, uniform(-0.05, 0.05)
@@ -43,19 +45,23 @@ class LSTMCell(nn.Module):
   """One time step of Keras' LSTM, given the input's projection for that step.
 
   carry: (c, h), each (B, H). xw_t: (B, 4H) = x_t @ kernel + bias. The gates are i, f, c, o
-  in that order along the last axis, as in Keras.
+  in that order along the last axis, as in Keras. Where `step_mask` (B,) is False (padding),
+  the state is carried over unchanged.
   """
 
   @nn.compact
-  def __call__(self, carry: tuple[Array, Array], xw_t: Array, recurrent_kernel: Array,
-               recurrent_mask: Array | None) -> tuple[tuple[Array, Array], Array]:
-    c, h = carry
-    if recurrent_mask is not None:
-      h = h * recurrent_mask
+  def __call__(self, carry: tuple[Array, Array], xw_t: Array, step_mask: Array | None,
+               recurrent_kernel: Array, recurrent_mask: Array | None
+               ) -> tuple[tuple[Array, Array], Array]:
+    c_prev, h_prev = carry
+    h = h_prev if recurrent_mask is None else h_prev * recurrent_mask
     z = xw_t + h @ recurrent_kernel
     i, f, g, o = jnp.split(z, 4, axis=-1)
-    c = nn.sigmoid(f) * c + nn.sigmoid(i) * jnp.tanh(g)
+    c = nn.sigmoid(f) * c_prev + nn.sigmoid(i) * jnp.tanh(g)
     h = nn.sigmoid(o) * jnp.tanh(c)
+    if step_mask is not None:
+      keep = step_mask[:, None]
+      c, h = jnp.where(keep, c, c_prev), jnp.where(keep, h, h_prev)
     return (c, h), h
 
 
@@ -66,6 +72,8 @@ class LSTM(nn.Module):
   all T steps is one matmul; only the recurrent part is scanned over time with `nn.scan`.
   Input (B, T, E) -> final state h (B, H), or all states (B, T, H) with return_sequences.
   `reverse=True` reads the sequence from its last step to its first (Keras' go_backwards).
+  `mask` (B, T), True on real steps: padded steps leave the state unchanged, so the result
+  does not depend on how much padding there is.
   """
 
   units: int
@@ -75,7 +83,7 @@ class LSTM(nn.Module):
   return_sequences: bool = False
 
   @nn.compact
-  def __call__(self, inputs: Array, *, train: bool) -> Array:
+  def __call__(self, inputs: Array, mask: Array | None = None, *, train: bool) -> Array:
     batch, _, features = inputs.shape
     kernel = self.param("kernel", glorot_uniform, (features, 4 * self.units))
     recurrent_kernel = self.param("recurrent_kernel", orthogonal, (self.units, 4 * self.units))
@@ -89,16 +97,18 @@ class LSTM(nn.Module):
     xw = inputs @ kernel + bias  # (B, T, 4H)
 
     scan = nn.scan(LSTMCell, variable_broadcast="params", split_rngs={"params": False},
-                   in_axes=(1, nn.broadcast, nn.broadcast), out_axes=1, reverse=self.reverse)
+                   in_axes=(1, 1, nn.broadcast, nn.broadcast), out_axes=1, reverse=self.reverse)
     zeros = jnp.zeros((batch, self.units), xw.dtype)
-    (_, h), outputs = scan(name="cell")((zeros, zeros), xw, recurrent_kernel, recurrent_mask)
+    (_, h), outputs = scan(name="cell")((zeros, zeros), xw, mask, recurrent_kernel,
+                                        recurrent_mask)
     return outputs if self.return_sequences else h
 
 
 class Bidirectional(nn.Module):
   """Keras' `Bidirectional(LSTM(...))`: separate forward and backward LSTMs.
 
-  Input (B, T, E) -> concatenated final states [forward, backward] (B, 2H).
+  Input (B, T, E) and optional mask (B, T) -> concatenated final states [forward, backward]
+  (B, 2H). With a mask, the backward LSTM starts at each sequence's last real step.
   """
 
   units: int
@@ -106,17 +116,20 @@ class Bidirectional(nn.Module):
   recurrent_dropout: float = 0.0
 
   @nn.compact
-  def __call__(self, inputs: Array, *, train: bool) -> Array:
+  def __call__(self, inputs: Array, mask: Array | None = None, *, train: bool) -> Array:
     kwargs = dict(units=self.units, dropout=self.dropout, recurrent_dropout=self.recurrent_dropout)
-    forward = LSTM(**kwargs, name="forward")(inputs, train=train)
-    backward = LSTM(**kwargs, reverse=True, name="backward")(inputs, train=train)
+    forward = LSTM(**kwargs, name="forward")(inputs, mask, train=train)
+    backward = LSTM(**kwargs, reverse=True, name="backward")(inputs, mask, train=train)
     return jnp.concatenate([forward, backward], axis=-1)
 
 
 class ConvFrontEnd(nn.Module):
   """Conv1D(filters, kernel_size, padding='same', relu) then MaxPooling1D(pool_size).
 
-  Input (B, T, E) -> (B, T // pool_size, F).
+  Input (B, T, E) -> (B, T // pool_size, F). With a mask (B, T) (real steps first, padding
+  after), padded inputs count as zeros, as at the end of an unpadded sequence, and a pooled
+  step is real only if its whole window is: the output's real steps are those of the same
+  sequence run alone, and the returned mask (B, T // pool_size) marks them.
   """
 
   filters: int
@@ -124,17 +137,25 @@ class ConvFrontEnd(nn.Module):
   pool_size: int
 
   @nn.compact
-  def __call__(self, inputs: Array) -> Array:
+  def __call__(self, inputs: Array, mask: Array | None = None) -> tuple[Array, Array | None]:
+    if mask is not None:
+      inputs = inputs * mask[..., None]
     x = nn.Conv(self.filters, (self.kernel_size,), padding="SAME", kernel_init=glorot_uniform,
                 name="conv")(inputs)
     x = nn.relu(x)
-    return nn.max_pool(x, (self.pool_size,), strides=(self.pool_size,), padding="VALID")
+    window = dict(window_shape=(self.pool_size,), strides=(self.pool_size,), padding="VALID")
+    x = nn.max_pool(x, **window)
+    if mask is not None:
+      mask = -nn.max_pool(-mask[..., None].astype(x.dtype), **window)[..., 0] > 0
+    return x, mask
 
 
 class Classifier(nn.Module):
   """Embedding -> [Dropout] -> [ConvFrontEnd] -> LSTM or Bidirectional -> [Dropout] -> Dense(1).
 
   Input token ids (B, T) int -> one logit per example (B,); sigmoid(logit) is P(positive).
+  With `mask_padding`, the ids must be padded after the words ('post'): then a review's logit
+  does not depend on the padding, so batches can be cut to their longest review.
   """
 
   vocab_size: int
@@ -148,21 +169,24 @@ class Classifier(nn.Module):
   lstm_dropout: float = 0.0
   lstm_recurrent_dropout: float = 0.0
   output_dropout: float = 0.0
+  # Padding (id 0, after the words) leaves the LSTM state unchanged; see `LSTM`.
+  mask_padding: bool = False
 
   @nn.compact
   def __call__(self, tokens: Array, *, train: bool = False) -> Array:
+    mask = tokens != PAD_ID if self.mask_padding else None
     x = nn.Embed(self.vocab_size, self.embedding_dim, embedding_init=keras_embedding_init,
                  name="embedding")(tokens)
     if self.embedding_dropout:
       x = nn.Dropout(self.embedding_dropout, deterministic=not train,
                      name="embedding_dropout")(x)
     if self.conv_filters:
-      x = ConvFrontEnd(self.conv_filters, self.conv_kernel_size, self.pool_size,
-                       name="conv_front_end")(x)
+      x, mask = ConvFrontEnd(self.conv_filters, self.conv_kernel_size, self.pool_size,
+                             name="conv_front_end")(x, mask)
     rnn = Bidirectional if self.bidirectional else LSTM
     x = rnn(self.lstm_units, dropout=self.lstm_dropout,
             recurrent_dropout=self.lstm_recurrent_dropout,
-            name="bidirectional" if self.bidirectional else "lstm")(x, train=train)
+            name="bidirectional" if self.bidirectional else "lstm")(x, mask, train=train)
     if self.output_dropout:
       x = nn.Dropout(self.output_dropout, deterministic=not train, name="output_dropout")(x)
     logits = nn.Dense(1, kernel_init=glorot_uniform, name="dense")(x)
@@ -183,6 +207,7 @@ def create_model(config: ml_collections.ConfigDict) -> Classifier:
       lstm_dropout=config.lstm_dropout,
       lstm_recurrent_dropout=config.lstm_recurrent_dropout,
       output_dropout=config.output_dropout,
+      mask_padding=config.mask_padding,
   )
 
 

@@ -98,11 +98,19 @@ class Predictor:
         self.config.max_length, self.config.padding, self.config.truncating)
 
   def predict(self, texts: Sequence[str | bytes]) -> np.ndarray:
-    """P(positive) for each text, float32 (N,)."""
+    """P(positive) for each text, float32 (N,).
+
+    A model trained with bucketing reads the texts in batches of similar length, each cut
+    to its longest text's bucket; the results come back in the input order.
+    """
     split = input_pipeline.Split(self.encode(texts), np.zeros(len(texts), np.int32))
+    order = split.order(bool(self.config.bucket_width))
+    batches = input_pipeline.batches(split, self.batch_size, order, self.config.bucket_width)
     out = [np.asarray(self._probabilities(self.params, batch["inputs"]))[batch["mask"] == 1]
-           for batch in input_pipeline.batches(split, self.batch_size)]
-    return np.concatenate(out) if out else np.zeros(0, np.float32)
+           for batch in batches]
+    probabilities = np.zeros(len(texts), np.float32)
+    probabilities[order] = np.concatenate(out) if out else []
+    return probabilities
 
 
 def load(workdir: str, batch_size: int = 256) -> Predictor:

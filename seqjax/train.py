@@ -82,11 +82,12 @@ def eval_step(state: train_state.TrainState, batch: dict[str, jax.Array]) -> Met
   return batch_metrics(logits, batch["labels"], batch["mask"])
 
 
-def evaluate(state: train_state.TrainState, split: input_pipeline.Split,
-             batch_size: int) -> dict[str, float]:
+def evaluate(state: train_state.TrainState, split: input_pipeline.Split, batch_size: int,
+             bucket_width: int = 0) -> dict[str, float]:
   """Loss and accuracy over every example of `split`, each counted once."""
   total = None
-  for batch in input_pipeline.batches(split, batch_size):
+  for batch in input_pipeline.batches(split, batch_size, split.order(bool(bucket_width)),
+                                      bucket_width):
     m = eval_step(state, batch)
     total = m if total is None else total.merge(m)
   return {k: float(v) for k, v in total.compute().items()}
@@ -147,6 +148,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   state = create_train_state(config, model, init_rng)
   num_params = models.count_params(state.params)
   steps_per_epoch = input_pipeline.num_batches(len(data.train), config.batch_size)
+  train_lengths = data.train.lengths()
 
   with contextlib.ExitStack() as stack:
     checkpoints = ckpt.Checkpoints(os.path.join(workdir, workdir_lib.CHECKPOINTS),
@@ -177,12 +179,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     stop = stack.enter_context(_stop_requests())
 
     for epoch in range(start_step // steps_per_epoch, config.num_epochs):
-      order = input_pipeline.epoch_order(len(data.train), config.seed, epoch)
+      if config.bucket_width:
+        order = input_pipeline.bucketed_epoch_order(train_lengths, config.batch_size,
+                                                    config.seed, epoch)
+      else:
+        order = input_pipeline.epoch_order(len(data.train), config.seed, epoch)
       skip = max(0, start_step - epoch * steps_per_epoch)  # Batches done before a resume.
       if not skip:
         epoch_metrics = Metrics.empty()
       epoch_start = time.time()
-      for i, batch in enumerate(input_pipeline.batches(data.train, config.batch_size, order)):
+      for i, batch in enumerate(input_pipeline.batches(data.train, config.batch_size, order,
+                                                       config.bucket_width)):
         if i < skip:
           continue
         state, step_metrics = train_step(state, batch, dropout_rng)
@@ -216,9 +223,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       record.update({f"train_{k}": float(v) for k, v in epoch_metrics.compute().items()})
       if data.validation is not None:
         record.update({f"validation_{k}": v for k, v in
-                       evaluate(state, data.validation, config.eval_batch_size).items()})
+                       evaluate(state, data.validation, config.eval_batch_size,
+                                config.bucket_width).items()})
       record.update({f"test_{k}": v for k, v in
-                     evaluate(state, data.test, config.eval_batch_size).items()})
+                     evaluate(state, data.test, config.eval_batch_size,
+                              config.bucket_width).items()})
       record.update(train_seconds=round(train_seconds, 2),
                     eval_seconds=round(time.time() - eval_start, 2),
                     train_examples=num_trained,

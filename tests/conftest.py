@@ -1,22 +1,20 @@
 """Shared fixtures: a tiny TFDS dataset the tests write themselves, and the path of real IMDB."""
 
-import importlib.util
 import pathlib
 
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
+from seqjax import config as config_lib
+
 PROJECT_ROOT = pathlib.Path(__file__).resolve().parent.parent
 REAL_DATA_DIR = PROJECT_ROOT.parent / "shared" / "data" / "tfds"
 
 
 def load_config(name: str):
-  """`get_config()` of configs/<name>.py, loaded the way `--config=configs/<name>.py` does."""
-  spec = importlib.util.spec_from_file_location(name, PROJECT_ROOT / "configs" / f"{name}.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
+  """`get_config()` of configs/<name>.py."""
+  return config_lib.from_file(PROJECT_ROOT / "configs" / f"{name}.py")
 
 
 POSITIVE = ["great", "superb", "moving", "brilliant"]

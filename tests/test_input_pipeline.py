@@ -115,3 +115,33 @@ def test_epoch_order_depends_only_on_seed_and_epoch():
                             input_pipeline.epoch_order(100, 7, 2))
   assert not np.array_equal(input_pipeline.epoch_order(100, 7, 1),
                             input_pipeline.epoch_order(100, 8, 1))
+
+
+def test_bucketed_order_is_a_seeded_permutation_with_batches_of_similar_length():
+  lengths = np.random.default_rng(0).integers(1, 500, 1000)
+  order = input_pipeline.bucketed_epoch_order(lengths, 16, seed=7, epoch=1)
+  np.testing.assert_array_equal(np.sort(order), np.arange(1000))
+  np.testing.assert_array_equal(order, input_pipeline.bucketed_epoch_order(lengths, 16, 7, 1))
+  assert not np.array_equal(order, input_pipeline.bucketed_epoch_order(lengths, 16, 7, 2))
+  spread = lambda o: np.mean([np.ptp(lengths[o[i:i + 16]]) for i in range(0, 992, 16)])
+  assert spread(order) < spread(input_pipeline.epoch_order(1000, 7, 1)) / 10
+
+
+def test_bucketed_batches_are_cut_to_a_few_widths_and_cover_each_example_once():
+  rng = np.random.default_rng(0)
+  lengths = rng.integers(1, 101, 300)
+  inputs = np.zeros((300, 100), np.int32)
+  for row, n in enumerate(lengths):
+    inputs[row, :n] = rng.integers(1, 30, n)  # Words first: 'post' padding.
+  split = input_pipeline.Split(inputs, np.zeros(300, np.int32))
+  order = input_pipeline.bucketed_epoch_order(lengths, 16, 0, 0)
+  seen, widths = [], set()
+  for batch in input_pipeline.batches(split, 16, order, bucket_width=25):
+    width = batch["inputs"].shape[1]
+    widths.add(width)
+    real = batch["mask"] == 1
+    assert width % 25 == 0
+    assert np.all(np.sum(batch["inputs"][real] != 0, axis=1) <= width)
+    assert np.sum(batch["inputs"][real] != 0, axis=1).max() > width - 25  # Not cut too long.
+    seen.append(int(real.sum()))
+  assert widths <= {25, 50, 75, 100} and sum(seen) == 300

@@ -129,7 +129,8 @@ def test_conv_front_end_is_same_padded_relu_conv_then_max_pool():
   x = np.random.default_rng(0).normal(size=(2, 9, 3)).astype(np.float32)
   model = models.ConvFrontEnd(filters=4, kernel_size=3, pool_size=2)
   params = model.init(jax.random.PRNGKey(0), x)["params"]
-  out = model.apply({"params": params}, x)
+  out, mask = model.apply({"params": params}, x)
+  assert mask is None
   kernel, bias = np.asarray(params["conv"]["kernel"]), np.asarray(params["conv"]["bias"])
   padded = np.pad(x, ((0, 0), (1, 1), (0, 0)))
   conv = np.stack([np.einsum("bkc,kcf->bf", padded[:, t:t + 3], kernel) for t in range(9)], 1)
@@ -137,3 +138,37 @@ def test_conv_front_end_is_same_padded_relu_conv_then_max_pool():
   want = relu[:, :8].reshape(2, 4, 2, 4).max(axis=2)  # 'valid' pooling drops the 9th step.
   assert out.shape == (2, 4, 4)
   np.testing.assert_allclose(out, want, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", sorted(KERAS_PARAM_COUNTS))
+def test_masked_result_does_not_depend_on_the_padding(name):
+  """A review gives the same logit alone as in a batch padded far beyond it (to 1e-5)."""
+  config = load_config(name)
+  config.update(mask_padding=True, padding="post", max_length=40, lstm_units=16)
+  model = models.create_model(config)
+  rng = np.random.default_rng(0)
+  lengths = [7, 12, 19, 33]
+  batch = np.zeros((len(lengths), 40), np.int32)
+  for row, n in enumerate(lengths):
+    batch[row, :n] = rng.integers(1, config.top_words, n)
+  params = init(model, batch)
+  together = model.apply({"params": params}, batch)
+  for row, n in enumerate(lengths):
+    alone = model.apply({"params": params}, batch[row:row + 1, :n])
+    np.testing.assert_allclose(together[row], alone[0], atol=1e-5)
+  # The same model without the mask does read the padding.
+  unmasked = model.clone(mask_padding=False)
+  assert not np.allclose(unmasked.apply({"params": params}, batch)[0],
+                         unmasked.apply({"params": params}, batch[:1, :7])[0], atol=1e-5)
+
+
+def test_masked_backward_lstm_starts_at_the_last_real_step():
+  x = np.random.default_rng(0).normal(size=(1, 9, 3)).astype(np.float32)
+  mask = np.array([[True] * 5 + [False] * 4])
+  model = models.LSTM(units=4, reverse=True)
+  params = init(model, x)
+  masked = model.apply({"params": params}, x, mask, train=False)
+  want = keras_lstm_numpy(x[:, :5], *(np.asarray(params[k], np.float64)
+                                      for k in ("kernel", "recurrent_kernel", "bias")),
+                          go_backwards=True)
+  np.testing.assert_allclose(masked, want, atol=1e-5)

@@ -146,3 +146,15 @@ def test_run_with_validation_predicts_with_its_best_validation_checkpoint(tiny_d
   assert results["best_epoch_test_accuracy"] == best["test_accuracy"]
   predictor = seqjax.load(str(tmp_path / "run"))
   assert predictor.checkpoint == "best on validation" and predictor.step == best["step"]
+
+
+def test_bucketed_model_predicts_each_text_as_if_alone(tiny_data_dir, tmp_path):
+  config = config_lib.from_file(PROJECT_ROOT / "configs" / "lstm_bucketed.py")
+  config.update(tiny_overrides(tiny_data_dir, tmp_path / "cache"), num_epochs=1,
+                log_every_steps=1000, bucket_width=10)
+  train.train_and_evaluate(config, str(tmp_path / "run"))
+  predictor = seqjax.load(str(tmp_path / "run"))
+  texts = ["great " * n for n in (30, 2, 17, 1, 9)] + ["awful film"]
+  together = predictor.predict(texts)
+  alone = np.concatenate([predictor.predict([t]) for t in texts])
+  np.testing.assert_allclose(together, alone, atol=1e-6)

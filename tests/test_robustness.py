@@ -208,6 +208,8 @@ def test_real_full_disk_stops_with_a_clear_error_and_the_previous_checkpoint_res
     ("learning_rate", 0.0, "use a value > 0"),
     ("validation_size", -1, "use an integer >= 0"),
     ("dataset", "", "name a TFDS dataset"),
+    ("bucket_width", 50, "bucketing needs mask_padding=True, else padding would change the "
+                         "results"),
 ])
 def test_bad_config_value_names_key_value_and_what_is_allowed(key, value, allowed):
   config = config_lib.base_config()
@@ -254,3 +256,11 @@ def test_tokenizer_never_raises_and_ids_stay_in_range(text):
   ids = tokenizer.pad_sequences([vocabulary.encode(tokenizer.tokenize(text))], 20)
   assert ids.shape == (1, 20)
   assert ids.min() >= 0 and ids.max() < 10
+
+
+def test_masking_with_pre_padding_is_refused():
+  config = config_lib.base_config()
+  config.mask_padding = True
+  with pytest.raises(ConfigError, match=r"config.padding='pre' is invalid: use 'post' with "
+                                        r"mask_padding=True"):
+    config_lib.validate(config)
