@@ -1,4 +1,4 @@
-"""configs/lstm_recurrent_dropout.py with exact masking and length bucketing (see `config_lib.bucketed`)."""
+"""configs/lstm_recurrent_dropout.py with exact masking and length bucketing."""
 
 import pathlib
 
