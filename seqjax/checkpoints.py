@@ -43,18 +43,25 @@ class Checkpoints:
 
   def save(self, step: int, state: Any, epoch_metrics: Any) -> None:
     """Writes the checkpoint of `step` whole, or raises CheckpointError leaving the others."""
+    item = {"state": state, "epoch_metrics": epoch_metrics}
+    # Checked first because TensorStore, failing mid-write, floods stderr from its threads.
+    needed = sum(x.nbytes for x in jax.tree_util.tree_leaves(item)) + 2**20
+    free = shutil.disk_usage(self.directory).free
+    if free < needed:
+      self._refuse(step, f"No space left on device: {free / 2**20:.1f} MB free, the checkpoint "
+                         f"needs about {needed / 2**20:.1f} MB")
     try:
-      self._manager.save(step, args=ocp.args.StandardSave(
-          {"state": state, "epoch_metrics": epoch_metrics}), force=True)
+      self._manager.save(step, args=ocp.args.StandardSave(item), force=True)
     except Exception as e:  # A full disk is an OSError here, a ValueError from TensorStore.
       if getattr(e, "errno", None) == errno.ENOSPC or "No space left on device" in str(e):
-        reason = "No space left on device"
-      else:
-        reason = (str(e).splitlines() or [type(e).__name__])[0][:300]
-      raise CheckpointError(
-          f"Could not write the checkpoint of step {step} to {self.directory} ({reason}). "
-          f"The previous checkpoint (step {self.latest_step()}) is intact: free some space and "
-          "rerun the same command to resume from it.") from e
+        self._refuse(step, "No space left on device", e)
+      self._refuse(step, (str(e).splitlines() or [type(e).__name__])[0][:300], e)
+
+  def _refuse(self, step: int, reason: str, cause: Exception | None = None):
+    raise CheckpointError(
+        f"Could not write the checkpoint of step {step} to {self.directory} ({reason}). "
+        f"The previous checkpoint (step {self.latest_step()}) is intact: free some space and "
+        "rerun the same command to resume from it.") from cause
 
   def restore(self, step: int, state: Any, epoch_metrics: Any) -> tuple[Any, Any]:
     """(state, epoch_metrics) of `step`, shaped like the given ones."""

@@ -19,9 +19,15 @@ from seqjax.errors import UserError  # noqa: E402
 
 
 class _SeqjaxInfoOnly(logging.Filter):
-  """INFO lines from seqjax and clu; from other libraries (orbax, jax) only warnings."""
+  """INFO lines from seqjax and clu; from other libraries (jax, TFDS) only warnings.
+
+  Orbax logs its failures with tracebacks from its threads, then raises them to seqjax, which
+  reports each in one line: its own logs would only bury that line.
+  """
 
   def filter(self, record: logging.LogRecord) -> bool:
+    if "/orbax/" in record.pathname:
+      return record.levelno >= logging.CRITICAL
     return (record.levelno >= logging.WARNING
             or any(part in record.pathname for part in ("/seqjax/", "/clu/")))
 
