@@ -241,6 +241,14 @@ def bucketed_epoch_order(lengths: np.ndarray, batch_size: int, seed: int,
                          order[full * batch_size:]])
 
 
+def train_order(split: Split, batch_size: int, seed: int, epoch: int,
+                bucketed: bool) -> np.ndarray:
+  """The epoch's order: `bucketed_epoch_order` for bucketed batches, else `epoch_order`."""
+  if bucketed:
+    return bucketed_epoch_order(split.lengths(), batch_size, seed, epoch)
+  return epoch_order(len(split), seed, epoch)
+
+
 def batches(split: Split, batch_size: int, order: np.ndarray | None = None,
             bucket_width: int = 0) -> Iterator[dict]:
   """Batches of `batch_size` in `order`; the last one padded, with `mask` 0 on the padding.

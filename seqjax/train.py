@@ -126,6 +126,48 @@ def _check_finite(first_bad_step: jax.Array, checkpoints: ckpt.Checkpoints) -> N
         "--config.learning_rate, or check the data.")
 
 
+def _evaluate_splits(state: train_state.TrainState, data: input_pipeline.Data,
+                     config: ml_collections.ConfigDict) -> dict[str, float]:
+  """validation_* (if any) and test_* loss and accuracy, and the seconds they took."""
+  start = time.time()
+  splits = {"validation": data.validation, "test": data.test}
+  record = {f"{name}_{k}": v for name, split in splits.items() if split is not None
+            for k, v in evaluate(state, split, config.eval_batch_size,
+                                 config.bucket_width).items()}
+  return {**record, "eval_seconds": round(time.time() - start, 2)}
+
+
+def _results(config: ml_collections.ConfigDict, num_params: int, data: input_pipeline.Data,
+             history: list[dict]) -> dict[str, Any]:
+  """What results.json holds: the final epoch's test figures, totals, and every epoch."""
+  final = history[-1]
+  train_seconds = sum(r["train_seconds"] for r in history)
+  results = {
+      "config_name": config.name,
+      "num_params": num_params,
+      "test_accuracy": final["test_accuracy"],
+      "test_loss": final["test_loss"],
+      "train_seconds": round(train_seconds, 2),
+      "train_examples_per_second": round(
+          sum(r["train_examples"] for r in history) / train_seconds, 1),
+      "num_train_examples": len(data.train),
+      "num_test_examples": len(data.test),
+      "epochs": history,
+      "platform": jax.devices()[0].platform,
+      "jax_version": jax.__version__,
+  }
+  if data.validation is not None:
+    best = workdir_lib.best_epoch(history)
+    results.update(validation_accuracy=final["validation_accuracy"],
+                   validation_loss=final["validation_loss"],
+                   num_validation_examples=len(data.validation),
+                   best_epoch=best["epoch"],
+                   best_epoch_validation_accuracy=best["validation_accuracy"],
+                   best_epoch_test_accuracy=best["test_accuracy"],
+                   best_epoch_test_loss=best["test_loss"])
+  return results
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Trains `config`'s model, evaluating after each epoch; returns what results.json holds.
 
@@ -148,7 +190,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   state = create_train_state(config, model, init_rng)
   num_params = models.count_params(state.params)
   steps_per_epoch = input_pipeline.num_batches(len(data.train), config.batch_size)
-  train_lengths = data.train.lengths()
 
   with contextlib.ExitStack() as stack:
     checkpoints = ckpt.Checkpoints(os.path.join(workdir, workdir_lib.CHECKPOINTS),
@@ -179,11 +220,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     stop = stack.enter_context(_stop_requests())
 
     for epoch in range(start_step // steps_per_epoch, config.num_epochs):
-      if config.bucket_width:
-        order = input_pipeline.bucketed_epoch_order(train_lengths, config.batch_size,
-                                                    config.seed, epoch)
-      else:
-        order = input_pipeline.epoch_order(len(data.train), config.seed, epoch)
+      order = input_pipeline.train_order(data.train, config.batch_size, config.seed, epoch,
+                                         bucketed=bool(config.bucket_width))
       skip = max(0, start_step - epoch * steps_per_epoch)  # Batches done before a resume.
       if not skip:
         epoch_metrics = Metrics.empty()
@@ -218,20 +256,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       train_seconds = time.time() - epoch_start
       num_trained = min(len(data.train), (steps_per_epoch - skip) * config.batch_size)
 
-      eval_start = time.time()
-      record = {"epoch": epoch + 1, "step": int(state.step)}
-      record.update({f"train_{k}": float(v) for k, v in epoch_metrics.compute().items()})
-      if data.validation is not None:
-        record.update({f"validation_{k}": v for k, v in
-                       evaluate(state, data.validation, config.eval_batch_size,
-                                config.bucket_width).items()})
-      record.update({f"test_{k}": v for k, v in
-                     evaluate(state, data.test, config.eval_batch_size,
-                              config.bucket_width).items()})
-      record.update(train_seconds=round(train_seconds, 2),
-                    eval_seconds=round(time.time() - eval_start, 2),
-                    train_examples=num_trained,
-                    train_examples_per_second=round(num_trained / train_seconds, 1))
+      record = {"epoch": epoch + 1, "step": int(state.step),
+                **{f"train_{k}": float(v) for k, v in epoch_metrics.compute().items()},
+                **_evaluate_splits(state, data, config),
+                "train_seconds": round(train_seconds, 2), "train_examples": num_trained,
+                "train_examples_per_second": round(num_trained / train_seconds, 1)}
       logging.info("epoch %d/%d  %s", epoch + 1, config.num_epochs,
                    "  ".join(f"{k} {v:.4f}" if k.endswith(("loss", "accuracy")) else f"{k} {v}"
                              for k, v in record.items() if k not in ("epoch", "step")))
@@ -244,31 +273,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       if best_checkpoint is not None and record is workdir_lib.best_epoch(history):
         best_checkpoint.save(record["step"], state, epoch_metrics)
 
-  final = history[-1]
-  train_seconds = sum(r["train_seconds"] for r in history)
-  results = {
-      "config_name": config.name,
-      "num_params": num_params,
-      "test_accuracy": final["test_accuracy"],
-      "test_loss": final["test_loss"],
-      "train_seconds": round(train_seconds, 2),
-      "train_examples_per_second": round(
-          sum(r["train_examples"] for r in history) / train_seconds, 1),
-      "num_train_examples": len(data.train),
-      "num_test_examples": len(data.test),
-      "epochs": history,
-      "platform": jax.devices()[0].platform,
-      "jax_version": jax.__version__,
-  }
-  if data.validation is not None:
-    best = workdir_lib.best_epoch(history)
-    results.update(validation_accuracy=final["validation_accuracy"],
-                   validation_loss=final["validation_loss"],
-                   num_validation_examples=len(data.validation),
-                   best_epoch=best["epoch"],
-                   best_epoch_validation_accuracy=best["validation_accuracy"],
-                   best_epoch_test_accuracy=best["test_accuracy"],
-                   best_epoch_test_loss=best["test_loss"])
+  results = _results(config, num_params, data, history)
   workdir_lib.write_json(os.path.join(workdir, workdir_lib.RESULTS), results)
   logging.info("Test accuracy %.4f, loss %.4f; results in %s", results["test_accuracy"],
                results["test_loss"], os.path.join(workdir, workdir_lib.RESULTS))
