@@ -58,6 +58,9 @@ def base_config() -> ml_collections.ConfigDict:
   # bucket_width above their longest review (at most max_length); 0 = every batch max_length.
   config.bucket_width = 0
 
+  # 'bfloat16' computes in bfloat16 on accelerators (parameters and optimizer stay float32).
+  config.compute_dtype = "float32"
+
   # Training.
   config.learning_rate = 1e-3
   config.batch_size = 64
@@ -117,6 +120,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _check(0.0 <= value < 1.0, key, value, "use a rate in [0, 1)")
   for key in ("padding", "truncating"):
     _check(config[key] in PAD_SIDES, key, config[key], "use 'pre' or 'post'")
+  _check(config.compute_dtype in ("float32", "bfloat16"), "compute_dtype", config.compute_dtype,
+         "use 'float32' or 'bfloat16'")
   _check(config.learning_rate > 0, "learning_rate", config.learning_rate, "use a value > 0")
   _check(bool(config.dataset), "dataset", config.dataset, "name a TFDS dataset")
   if config.mask_padding:

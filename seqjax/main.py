@@ -9,10 +9,12 @@ import difflib  # noqa: E402
 import os  # noqa: E402
 import sys  # noqa: E402
 
+import jax  # noqa: E402
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from seqjax import config as config_lib  # noqa: E402
+from seqjax import parallel  # noqa: E402
 from seqjax import train  # noqa: E402
 from seqjax import workdir as workdir_lib  # noqa: E402
 
@@ -22,6 +24,10 @@ flags.DEFINE_bool("overwrite", False, "Delete a previous run's files in --workdi
                   "even if it was written by another config.")
 config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/lstm.py.",
                                 lock_config=True)
+# Several processes: Cloud TPU, SLURM and Open MPI are detected; elsewhere set all three.
+flags.DEFINE_string("coordinator_address", None, "host:port of process 0, for multi-process runs.")
+flags.DEFINE_integer("num_processes", None, "How many processes take part.")
+flags.DEFINE_integer("process_id", None, "This process's index, 0 to num_processes - 1.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -58,7 +64,8 @@ def parse_flags(argv: list[str]) -> list[str]:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
-  if FLAGS.overwrite:
+  parallel.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+  if FLAGS.overwrite and jax.process_index() == 0:
     cli.run(workdir_lib.clear, FLAGS.workdir)
   cli.run(train.train_and_evaluate, FLAGS.config, FLAGS.workdir)
 

@@ -81,6 +81,7 @@ class LSTM(nn.Module):
   recurrent_dropout: float = 0.0
   reverse: bool = False
   return_sequences: bool = False
+  dtype: Any = jnp.float32  # Of the computation; parameters stay float32.
 
   @nn.compact
   def __call__(self, inputs: Array, mask: Array | None = None, *, train: bool) -> Array:
@@ -89,18 +90,21 @@ class LSTM(nn.Module):
     recurrent_kernel = self.param("recurrent_kernel", orthogonal, (self.units, 4 * self.units))
     bias = self.param("bias", lstm_bias_init, (4 * self.units,))
 
+    inputs = inputs.astype(self.dtype)
     input_mask = sequence_dropout_mask(self, self.dropout, (batch, 1, features), not train)
     if input_mask is not None:
-      inputs = inputs * input_mask
+      inputs = inputs * input_mask.astype(self.dtype)
     recurrent_mask = sequence_dropout_mask(self, self.recurrent_dropout, (batch, self.units),
                                            not train)
-    xw = inputs @ kernel + bias  # (B, T, 4H)
+    if recurrent_mask is not None:
+      recurrent_mask = recurrent_mask.astype(self.dtype)
+    xw = inputs @ kernel.astype(self.dtype) + bias.astype(self.dtype)  # (B, T, 4H)
 
     scan = nn.scan(LSTMCell, variable_broadcast="params", split_rngs={"params": False},
                    in_axes=(1, 1, nn.broadcast, nn.broadcast), out_axes=1, reverse=self.reverse)
     zeros = jnp.zeros((batch, self.units), xw.dtype)
-    (_, h), outputs = scan(name="cell")((zeros, zeros), xw, mask, recurrent_kernel,
-                                        recurrent_mask)
+    (_, h), outputs = scan(name="cell")((zeros, zeros), xw, mask,
+                                        recurrent_kernel.astype(self.dtype), recurrent_mask)
     return outputs if self.return_sequences else h
 
 
@@ -114,10 +118,12 @@ class Bidirectional(nn.Module):
   units: int
   dropout: float = 0.0
   recurrent_dropout: float = 0.0
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, inputs: Array, mask: Array | None = None, *, train: bool) -> Array:
-    kwargs = dict(units=self.units, dropout=self.dropout, recurrent_dropout=self.recurrent_dropout)
+    kwargs = dict(units=self.units, dropout=self.dropout, recurrent_dropout=self.recurrent_dropout,
+                  dtype=self.dtype)
     forward = LSTM(**kwargs, name="forward")(inputs, mask, train=train)
     backward = LSTM(**kwargs, reverse=True, name="backward")(inputs, mask, train=train)
     return jnp.concatenate([forward, backward], axis=-1)
@@ -135,13 +141,14 @@ class ConvFrontEnd(nn.Module):
   filters: int
   kernel_size: int
   pool_size: int
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, inputs: Array, mask: Array | None = None) -> tuple[Array, Array | None]:
     if mask is not None:
       inputs = inputs * mask[..., None]
     x = nn.Conv(self.filters, (self.kernel_size,), padding="SAME", kernel_init=glorot_uniform,
-                name="conv")(inputs)
+                dtype=self.dtype, name="conv")(inputs)
     x = nn.relu(x)
     window = dict(window_shape=(self.pool_size,), strides=(self.pool_size,), padding="VALID")
     x = nn.max_pool(x, **window)
@@ -171,26 +178,28 @@ class Classifier(nn.Module):
   output_dropout: float = 0.0
   # Padding (id 0, after the words) leaves the LSTM state unchanged; see `LSTM`.
   mask_padding: bool = False
+  # bfloat16 computes faster on accelerators; parameters and the optimizer stay float32.
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, tokens: Array, *, train: bool = False) -> Array:
     mask = tokens != PAD_ID if self.mask_padding else None
     x = nn.Embed(self.vocab_size, self.embedding_dim, embedding_init=keras_embedding_init,
-                 name="embedding")(tokens)
+                 dtype=self.dtype, name="embedding")(tokens)
     if self.embedding_dropout:
       x = nn.Dropout(self.embedding_dropout, deterministic=not train,
                      name="embedding_dropout")(x)
     if self.conv_filters:
       x, mask = ConvFrontEnd(self.conv_filters, self.conv_kernel_size, self.pool_size,
-                             name="conv_front_end")(x, mask)
+                             dtype=self.dtype, name="conv_front_end")(x, mask)
     rnn = Bidirectional if self.bidirectional else LSTM
     x = rnn(self.lstm_units, dropout=self.lstm_dropout,
-            recurrent_dropout=self.lstm_recurrent_dropout,
+            recurrent_dropout=self.lstm_recurrent_dropout, dtype=self.dtype,
             name="bidirectional" if self.bidirectional else "lstm")(x, mask, train=train)
     if self.output_dropout:
       x = nn.Dropout(self.output_dropout, deterministic=not train, name="output_dropout")(x)
-    logits = nn.Dense(1, kernel_init=glorot_uniform, name="dense")(x)
-    return logits[:, 0]
+    logits = nn.Dense(1, kernel_init=glorot_uniform, dtype=self.dtype, name="dense")(x)
+    return logits[:, 0].astype(jnp.float32)
 
 
 def create_model(config: ml_collections.ConfigDict) -> Classifier:
@@ -208,6 +217,7 @@ def create_model(config: ml_collections.ConfigDict) -> Classifier:
       lstm_recurrent_dropout=config.lstm_recurrent_dropout,
       output_dropout=config.output_dropout,
       mask_padding=config.mask_padding,
+      dtype=jnp.dtype(config.compute_dtype),
   )
 
 

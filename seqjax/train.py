@@ -6,7 +6,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import flax
@@ -20,7 +20,7 @@ from flax.training import train_state
 
 from seqjax import checkpoints as ckpt
 from seqjax import config as config_lib
-from seqjax import input_pipeline, models
+from seqjax import input_pipeline, models, parallel
 from seqjax import workdir as workdir_lib
 from seqjax.errors import UserError
 
@@ -59,9 +59,8 @@ def create_train_state(config: ml_collections.ConfigDict, model: models.Classifi
                                        tx=optax.adam(config.learning_rate))
 
 
-@jax.jit
-def train_step(state: train_state.TrainState, batch: dict[str, jax.Array],
-               dropout_rng: jax.Array) -> tuple[train_state.TrainState, Metrics]:
+def _train_step(state: train_state.TrainState, batch: dict[str, jax.Array],
+                dropout_rng: jax.Array) -> tuple[train_state.TrainState, Metrics]:
   """One Adam step on the mean loss of the batch's real examples."""
   rng = jax.random.fold_in(dropout_rng, state.step)  # A pure function of the step: resumable.
 
@@ -76,19 +75,24 @@ def train_step(state: train_state.TrainState, batch: dict[str, jax.Array],
   return state, batch_metrics(logits, batch["labels"], batch["mask"])
 
 
-@jax.jit
-def eval_step(state: train_state.TrainState, batch: dict[str, jax.Array]) -> Metrics:
+def _eval_step(state: train_state.TrainState, batch: dict[str, jax.Array]) -> Metrics:
   logits = state.apply_fn({"params": state.params}, batch["inputs"], train=False)
   return batch_metrics(logits, batch["labels"], batch["mask"])
 
 
+# On one device; `train_and_evaluate` jits them again with the shardings of all devices.
+train_step = jax.jit(_train_step)
+eval_step = jax.jit(_eval_step)
+
+
 def evaluate(state: train_state.TrainState, split: input_pipeline.Split, batch_size: int,
-             bucket_width: int = 0) -> dict[str, float]:
+             bucket_width: int = 0, step: Callable = eval_step,
+             put_batch: Callable = lambda batch: batch) -> dict[str, float]:
   """Loss and accuracy over every example of `split`, each counted once."""
   total = None
   for batch in input_pipeline.batches(split, batch_size, split.order(bool(bucket_width)),
                                       bucket_width):
-    m = eval_step(state, batch)
+    m = step(state, put_batch(batch))
     total = m if total is None else total.merge(m)
   return {k: float(v) for k, v in total.compute().items()}
 
@@ -127,13 +131,14 @@ def _check_finite(first_bad_step: jax.Array, checkpoints: ckpt.Checkpoints) -> N
 
 
 def _evaluate_splits(state: train_state.TrainState, data: input_pipeline.Data,
-                     config: ml_collections.ConfigDict) -> dict[str, float]:
+                     config: ml_collections.ConfigDict, step: Callable,
+                     put_batch: Callable) -> dict[str, float]:
   """validation_* (if any) and test_* loss and accuracy, and the seconds they took."""
   start = time.time()
   splits = {"validation": data.validation, "test": data.test}
   record = {f"{name}_{k}": v for name, split in splits.items() if split is not None
-            for k, v in evaluate(state, split, config.eval_batch_size,
-                                 config.bucket_width).items()}
+            for k, v in evaluate(state, split, config.eval_batch_size, config.bucket_width,
+                                 step, put_batch).items()}
   return {**record, "eval_seconds": round(time.time() - start, 2)}
 
 
@@ -174,21 +179,33 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   Re-running with the same workdir resumes from its latest checkpoint.
   """
   config_lib.validate(config)
+  devices = parallel.DataParallel.over_all_devices()
+  devices.check_batch_sizes(config.batch_size, config.eval_batch_size)
   workdir = os.path.abspath(workdir)
   workdir_lib.check_config(workdir, config)
   data = input_pipeline.load_data(config)
+  is_main = jax.process_index() == 0  # Only process 0 writes files other than checkpoints.
   os.makedirs(workdir, exist_ok=True)
-  workdir_lib.write_json(os.path.join(workdir, workdir_lib.CONFIG),
-                         json.loads(config.to_json()))
-  data.vocabulary.save(os.path.join(workdir, workdir_lib.VOCABULARY))
+  if is_main:
+    workdir_lib.write_json(os.path.join(workdir, workdir_lib.CONFIG),
+                           json.loads(config.to_json()))
+    data.vocabulary.save(os.path.join(workdir, workdir_lib.VOCABULARY))
   logging.info("Examples: %d train, %d validation, %d test.", len(data.train),
                len(data.validation) if data.validation else 0, len(data.test))
 
   model = models.create_model(config)
-  print_summary(model, config)
+  if is_main:
+    print_summary(model, config)
   init_rng, dropout_rng = jax.random.split(jax.random.PRNGKey(config.seed))
-  state = create_train_state(config, model, init_rng)
+  replicated = devices.replicated
+  state = jax.device_put(create_train_state(config, model, init_rng), replicated)
+  dropout_rng = jax.device_put(dropout_rng, replicated)
   num_params = models.count_params(state.params)
+  sharded_train_step = jax.jit(_train_step, donate_argnums=0,
+                               in_shardings=(replicated, devices.sharded, replicated),
+                               out_shardings=replicated)
+  sharded_eval_step = jax.jit(_eval_step, in_shardings=(replicated, devices.sharded),
+                              out_shardings=replicated)
   steps_per_epoch = input_pipeline.num_batches(len(data.train), config.batch_size)
 
   with contextlib.ExitStack() as stack:
@@ -200,23 +217,24 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     if data.validation is not None:
       best_checkpoint = ckpt.Checkpoints(os.path.join(workdir, workdir_lib.BEST_CHECKPOINT), 1)
       stack.callback(best_checkpoint.close)
-    epoch_metrics = Metrics.empty()
+    epoch_metrics = jax.device_put(Metrics.empty(), replicated)
     restored = checkpoints.restore_latest(state, epoch_metrics)
     if restored:
       state, epoch_metrics = restored
       logging.info("Resumed from the checkpoint at step %d.", int(state.step))
     start_step = int(state.step)
     history = workdir_lib.read_history(workdir, start_step // steps_per_epoch)
-    workdir_lib.write_history(workdir, history)
+    if is_main:
+      workdir_lib.write_history(workdir, history)
 
-    writer = metric_writers.create_default_writer(workdir,
-                                                  just_logging=jax.process_index() > 0)
+    writer = metric_writers.create_default_writer(workdir, just_logging=not is_main)
     stack.callback(writer.close)
     if start_step == 0:
       writer.write_hparams(config.to_dict())
     report_progress = periodic_actions.ReportProgress(
         num_train_steps=steps_per_epoch * config.num_epochs, writer=writer)
-    first_bad_step = jnp.array(-1)  # The first step with a non-finite loss, kept on device.
+    # The first step with a non-finite loss, kept on the devices until checked.
+    first_bad_step = jax.device_put(jnp.array(-1), replicated)
     stop = stack.enter_context(_stop_requests())
 
     for epoch in range(start_step // steps_per_epoch, config.num_epochs):
@@ -224,13 +242,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                                          bucketed=bool(config.bucket_width))
       skip = max(0, start_step - epoch * steps_per_epoch)  # Batches done before a resume.
       if not skip:
-        epoch_metrics = Metrics.empty()
+        epoch_metrics = jax.device_put(Metrics.empty(), replicated)
       epoch_start = time.time()
       for i, batch in enumerate(input_pipeline.batches(data.train, config.batch_size, order,
                                                        config.bucket_width)):
         if i < skip:
           continue
-        state, step_metrics = train_step(state, batch, dropout_rng)
+        state, step_metrics = sharded_train_step(state, devices.put_batch(batch), dropout_rng)
         epoch_metrics = epoch_metrics.merge(step_metrics)
         step = epoch * steps_per_epoch + i + 1
         first_bad_step = jnp.where((first_bad_step < 0) & ~jnp.isfinite(
@@ -258,7 +276,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
       record = {"epoch": epoch + 1, "step": int(state.step),
                 **{f"train_{k}": float(v) for k, v in epoch_metrics.compute().items()},
-                **_evaluate_splits(state, data, config),
+                **_evaluate_splits(state, data, config, sharded_eval_step,
+                                   devices.put_batch),
                 "train_seconds": round(train_seconds, 2), "train_examples": num_trained,
                 "train_examples_per_second": round(num_trained / train_seconds, 1)}
       logging.info("epoch %d/%d  %s", epoch + 1, config.num_epochs,
@@ -268,13 +287,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                                             if k not in ("epoch", "step")})
       writer.flush()
       history.append(record)
-      workdir_lib.write_history(workdir, history)
+      if is_main:
+        workdir_lib.write_history(workdir, history)
       checkpoints.save(record["step"], state, epoch_metrics)
       if best_checkpoint is not None and record is workdir_lib.best_epoch(history):
         best_checkpoint.save(record["step"], state, epoch_metrics)
 
   results = _results(config, num_params, data, history)
-  workdir_lib.write_json(os.path.join(workdir, workdir_lib.RESULTS), results)
+  if is_main:
+    workdir_lib.write_json(os.path.join(workdir, workdir_lib.RESULTS), results)
   logging.info("Test accuracy %.4f, loss %.4f; results in %s", results["test_accuracy"],
                results["test_loss"], os.path.join(workdir, workdir_lib.RESULTS))
   return results
