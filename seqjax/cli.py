@@ -32,9 +32,23 @@ class _SeqjaxInfoOnly(logging.Filter):
             or any(part in record.pathname for part in ("/seqjax/", "/clu/")))
 
 
+def _ignore_closed_event_loop(unraisablehook):
+  """Orbax reading a damaged checkpoint (which seqjax then skips) leaves TensorStore callbacks
+  that fail on its closed event loop, each reported as an unraisable exception with a
+  traceback; only those are dropped."""
+
+  def hook(unraisable):
+    if not (unraisable.exc_type is RuntimeError
+            and str(unraisable.exc_value) == "Event loop is closed"):
+      unraisablehook(unraisable)
+
+  return hook
+
+
 def run(function: Callable[..., Any], *args) -> Any:
   """Calls `function`; a UserError becomes one line on stderr and its exit code."""
   absl_logging.get_absl_handler().addFilter(_SeqjaxInfoOnly())
+  sys.unraisablehook = _ignore_closed_event_loop(sys.unraisablehook)
   try:
     return function(*args)
   except UserError as e:
