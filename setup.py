@@ -30,5 +30,10 @@ setuptools.setup(
         "tensorflow-cpu>=2.21.0; platform_system == 'Linux'",
         "tensorflow>=2.21.0; platform_system != 'Linux'",
     ],
-    extras_require={"test": ["pytest>=9.0", "hypothesis>=6.155"]},
+    extras_require={
+        "test": ["pytest>=9.0", "hypothesis>=6.155"],
+        # benchmarks/benchmark.py times the same models in PyTorch too (Keras 3 comes with
+        # TensorFlow).
+        "bench": ["torch>=2.13"],
+    },
 )

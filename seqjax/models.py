@@ -49,10 +49,12 @@ class LSTMCell(nn.Module):
   the state is carried over unchanged.
   """
 
+  emit_outputs: bool = True  # False: only the final state is needed; stack no outputs.
+
   @nn.compact
   def __call__(self, carry: tuple[Array, Array], xw_t: Array, step_mask: Array | None,
                recurrent_kernel: Array, recurrent_mask: Array | None
-               ) -> tuple[tuple[Array, Array], Array]:
+               ) -> tuple[tuple[Array, Array], Array | None]:
     c_prev, h_prev = carry
     h = h_prev if recurrent_mask is None else h_prev * recurrent_mask
     z = xw_t + h @ recurrent_kernel
@@ -62,7 +64,7 @@ class LSTMCell(nn.Module):
     if step_mask is not None:
       keep = step_mask[:, None]
       c, h = jnp.where(keep, c, c_prev), jnp.where(keep, h, h_prev)
-    return (c, h), h
+    return (c, h), h if self.emit_outputs else None
 
 
 class LSTM(nn.Module):
@@ -103,8 +105,9 @@ class LSTM(nn.Module):
     scan = nn.scan(LSTMCell, variable_broadcast="params", split_rngs={"params": False},
                    in_axes=(1, 1, nn.broadcast, nn.broadcast), out_axes=1, reverse=self.reverse)
     zeros = jnp.zeros((batch, self.units), xw.dtype)
-    (_, h), outputs = scan(name="cell")((zeros, zeros), xw, mask,
-                                        recurrent_kernel.astype(self.dtype), recurrent_mask)
+    cell = scan(emit_outputs=self.return_sequences, name="cell")
+    (_, h), outputs = cell((zeros, zeros), xw, mask, recurrent_kernel.astype(self.dtype),
+                           recurrent_mask)
     return outputs if self.return_sequences else h
 
 

@@ -1,0 +1,263 @@
+"""Times the five tutorial models in seqjax and, where installed, in Keras 3 and PyTorch.
+
+  python benchmarks/benchmark.py                       # seqjax, plus Keras/PyTorch if installed
+  python benchmarks/benchmark.py --frameworks=seqjax --models=lstm,bilstm
+
+Same shapes and protocol in every framework: a training step on a batch of 64 reviews of 500
+token ids (Adam, binary cross-entropy), an inference pass on a batch of 256; warm-up and
+compilation excluded and reported apart; the median of --steps timed calls. Each measurement
+runs in a fresh process, so peak memory (the process's maximum resident set) is its own. Every
+framework uses every core (JAX by default; TensorFlow and PyTorch are told so). Prints a table
+and the ratios of seqjax to the best other framework, and writes JSON.
+"""
+
+import json
+import os
+import pathlib
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+MODELS = ["lstm", "lstm_dropout", "lstm_recurrent_dropout", "bilstm", "cnn_lstm"]
+TRAIN_BATCH, INFER_BATCH, LENGTH, VOCAB = 64, 256, 500, 5000
+
+
+def _timed(fn, steps: int) -> tuple[float, float]:
+  """(seconds of the first call, median seconds of the next `steps` calls)."""
+  start = time.perf_counter()
+  fn()
+  first = time.perf_counter() - start
+  times = []
+  for _ in range(steps):
+    start = time.perf_counter()
+    fn()
+    times.append(time.perf_counter() - start)
+  return first, statistics.median(times)
+
+
+def _batches(rng_seed: int = 0):
+  import numpy as np
+  rng = np.random.default_rng(rng_seed)
+  inputs = rng.integers(1, VOCAB, (TRAIN_BATCH, LENGTH)).astype(np.int32)
+  labels = rng.integers(0, 2, TRAIN_BATCH).astype(np.int32)
+  infer = rng.integers(1, VOCAB, (INFER_BATCH, LENGTH)).astype(np.int32)
+  return inputs, labels, infer
+
+
+def measure_seqjax(model_name: str, steps: int) -> dict:
+  import jax
+  import numpy as np
+
+  from seqjax import config as config_lib
+  from seqjax import models, train
+  config = config_lib.from_file(ROOT / "configs" / f"{model_name}.py")
+  inputs, labels, infer = _batches()
+  model = models.create_model(config)
+  state = train.create_train_state(config, model, jax.random.PRNGKey(0))
+  step = jax.jit(train._train_step, donate_argnums=0)
+  batch = {"inputs": inputs, "labels": labels, "mask": np.ones(TRAIN_BATCH, np.float32)}
+  rng = jax.random.PRNGKey(1)
+  holder = {"state": state}
+
+  def train_once():
+    holder["state"], metrics = step(holder["state"], batch, rng)
+    jax.block_until_ready(metrics)
+
+  predict = jax.jit(lambda params, x: model.apply({"params": params}, x))
+
+  def infer_once():
+    jax.block_until_ready(predict(holder["state"].params, infer))
+
+  return {"train": _timed(train_once, steps), "infer": _timed(infer_once, steps)}
+
+
+def _keras_model(model_name: str):
+  import keras
+  from keras import layers
+  stack = [keras.Input((LENGTH,), dtype="int32"), layers.Embedding(VOCAB, 32)]
+  if model_name == "lstm_dropout":
+    stack += [layers.Dropout(0.2), layers.LSTM(100), layers.Dropout(0.2)]
+  elif model_name == "lstm_recurrent_dropout":
+    stack += [layers.LSTM(100, dropout=0.2, recurrent_dropout=0.2)]
+  elif model_name == "bilstm":
+    stack += [layers.Bidirectional(layers.LSTM(100, dropout=0.2, recurrent_dropout=0.2))]
+  elif model_name == "cnn_lstm":
+    stack += [layers.Conv1D(32, 3, padding="same", activation="relu"), layers.MaxPooling1D(2),
+              layers.LSTM(100)]
+  else:
+    stack += [layers.LSTM(100)]
+  return keras.Sequential(stack + [layers.Dense(1, activation="sigmoid")])
+
+
+def measure_keras(model_name: str, steps: int, xla: bool) -> dict:
+  os.environ["KERAS_BACKEND"] = "tensorflow"
+  import tensorflow as tf
+  tf.config.threading.set_intra_op_parallelism_threads(os.cpu_count())
+  tf.config.threading.set_inter_op_parallelism_threads(os.cpu_count())
+  model = _keras_model(model_name)
+  model.compile(optimizer="adam", loss="binary_crossentropy", jit_compile=xla)
+  inputs, labels, infer = _batches()
+  return {"train": _timed(lambda: model.train_on_batch(inputs, labels), steps),
+          "infer": _timed(lambda: model.predict_on_batch(infer), steps)}
+
+
+def _torch_model(model_name: str):
+  import torch
+  from torch import nn
+
+  class CellLSTM(nn.Module):
+    """LSTMCell loop with Keras' per-sequence input and recurrent dropout masks."""
+
+    def __init__(self, reverse: bool):
+      super().__init__()
+      self.cell, self.reverse = nn.LSTMCell(32, 100), reverse
+
+    def forward(self, x):
+      b, t, e = x.shape
+      h = c = x.new_zeros(b, 100)
+      if self.training:
+        x = x * torch.bernoulli(x.new_full((b, 1, e), 0.8)) / 0.8
+        rec = torch.bernoulli(x.new_full((b, 100), 0.8)) / 0.8
+      steps = range(t - 1, -1, -1) if self.reverse else range(t)
+      for i in steps:
+        h, c = self.cell(x[:, i], (h * rec if self.training else h, c))
+      return h
+
+  class Net(nn.Module):
+
+    def __init__(self):
+      super().__init__()
+      self.embedding = nn.Embedding(VOCAB, 32)
+      self.dropout = nn.Dropout(0.2 if model_name == "lstm_dropout" else 0.0)
+      self.conv = nn.Conv1d(32, 32, 3, padding=1) if model_name == "cnn_lstm" else None
+      if model_name in ("lstm_recurrent_dropout", "bilstm"):
+        self.rnns = nn.ModuleList([CellLSTM(False)] + (
+            [CellLSTM(True)] if model_name == "bilstm" else []))
+      else:
+        self.lstm = nn.LSTM(32, 100, batch_first=True)
+      self.dense = nn.Linear(200 if model_name == "bilstm" else 100, 1)
+
+    def forward(self, tokens):
+      x = self.dropout(self.embedding(tokens))
+      if self.conv is not None:
+        x = nn.functional.max_pool1d(torch.relu(self.conv(x.transpose(1, 2))), 2).transpose(1, 2)
+      if hasattr(self, "rnns"):
+        x = torch.cat([rnn(x) for rnn in self.rnns], dim=-1)
+      else:
+        x = self.lstm(x)[1][0][-1]
+      return self.dense(self.dropout(x))[:, 0]
+
+  return Net()
+
+
+def measure_torch(model_name: str, steps: int) -> dict:
+  import torch
+  torch.set_num_threads(os.cpu_count())
+  model = _torch_model(model_name)
+  optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+  inputs, labels, infer = (torch.from_numpy(a).long() for a in _batches())
+  labels = labels.float()
+
+  def train_once():
+    model.train()
+    optimizer.zero_grad()
+    loss = torch.nn.functional.binary_cross_entropy_with_logits(model(inputs), labels)
+    loss.backward()
+    optimizer.step()
+
+  def infer_once():
+    model.eval()
+    with torch.no_grad():
+      model(infer)
+
+  return {"train": _timed(train_once, steps), "infer": _timed(infer_once, steps)}
+
+
+def run_one(framework: str, model_name: str, steps: int) -> dict:
+  """Measures one (framework, model) pair in this process."""
+  if framework == "seqjax":
+    out = measure_seqjax(model_name, steps)
+  elif framework in ("keras", "keras_xla"):
+    out = measure_keras(model_name, steps, xla=framework == "keras_xla")
+  else:
+    out = measure_torch(model_name, steps)
+  (train_first, train_step), (infer_first, infer_step) = out["train"], out["infer"]
+  return {"framework": framework, "model": model_name,
+          "train_examples_per_second": TRAIN_BATCH / train_step,
+          "infer_examples_per_second": INFER_BATCH / infer_step,
+          "train_first_call_seconds": train_first, "infer_first_call_seconds": infer_first,
+          "peak_memory_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def available(framework: str) -> bool:
+  module = {"seqjax": "jax", "keras": "keras", "keras_xla": "keras", "torch": "torch"}[framework]
+  return subprocess.run([sys.executable, "-c", f"import {module}"],
+                        capture_output=True).returncode == 0
+
+
+def main() -> None:
+  from absl import app, flags
+  flags.DEFINE_list("frameworks", ["seqjax", "keras", "keras_xla", "torch"], "What to time.")
+  flags.DEFINE_list("models", MODELS, "Tutorial models to time.")
+  flags.DEFINE_integer("steps", 20, "Timed calls per measurement (after one warm-up call).")
+  flags.DEFINE_string("output", str(ROOT / "benchmarks" / "results.json"), "JSON output.")
+  flags.DEFINE_string("one", None, "Internal: 'framework,model' to measure in this process.")
+
+  def run(argv):
+    del argv
+    FLAGS = flags.FLAGS
+    if FLAGS.one:
+      print(json.dumps(run_one(*FLAGS.one.split(","), FLAGS.steps)))
+      return
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    frameworks = [f for f in FLAGS.frameworks if available(f)]
+    rows = []
+    for model_name in FLAGS.models:
+      for framework in frameworks:
+        result = subprocess.run(
+            [sys.executable, __file__, f"--one={framework},{model_name}",
+             f"--steps={FLAGS.steps}"], env=env, capture_output=True, text=True, cwd=ROOT)
+        if result.returncode:
+          print(f"{framework} {model_name} failed:\n{result.stderr[-2000:]}", file=sys.stderr)
+          continue
+        rows.append(json.loads(result.stdout.strip().splitlines()[-1]))
+        print(f"{model_name:24s} {framework:10s} train {rows[-1]['train_examples_per_second']:8.1f}"
+              f" ex/s  infer {rows[-1]['infer_examples_per_second']:8.1f} ex/s", flush=True)
+    report = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+              "threads": os.cpu_count(), "steps": FLAGS.steps, "results": rows}
+    pathlib.Path(FLAGS.output).write_text(json.dumps(report, indent=2) + "\n")
+    print(table(rows))
+
+  app.run(run)
+
+
+def table(rows: list[dict]) -> str:
+  """Markdown: examples/s per framework, and seqjax's ratio to the best other one."""
+  frameworks = list(dict.fromkeys(r["framework"] for r in rows))
+  lines = ["| model | " + " | ".join(f"{f} train / infer ex/s" for f in frameworks)
+           + " | seqjax ÷ best other: train / infer | seqjax compile s (train) | seqjax peak MB |",
+           "|---" * (len(frameworks) + 4) + "|"]
+  for model_name in dict.fromkeys(r["model"] for r in rows):
+    by = {r["framework"]: r for r in rows if r["model"] == model_name}
+    cells = [f"{by[f]['train_examples_per_second']:.0f} / {by[f]['infer_examples_per_second']:.0f}"
+             if f in by else "—" for f in frameworks]
+    others = [r for f, r in by.items() if f != "seqjax"]
+    ratio = "—"
+    if "seqjax" in by and others:
+      best_train = max(r["train_examples_per_second"] for r in others)
+      best_infer = max(r["infer_examples_per_second"] for r in others)
+      ratio = (f"{by['seqjax']['train_examples_per_second'] / best_train:.2f} / "
+               f"{by['seqjax']['infer_examples_per_second'] / best_infer:.2f}")
+    seqjax = by.get("seqjax", {})
+    lines.append(f"| {model_name} | " + " | ".join(cells) + f" | {ratio} | "
+                 f"{seqjax.get('train_first_call_seconds', float('nan')):.1f} | "
+                 f"{seqjax.get('peak_memory_mb', float('nan')):.0f} |")
+  return "\n".join(lines)
+
+
+if __name__ == "__main__":
+  main()
