@@ -260,6 +260,7 @@ def batches(split: Split, batch_size: int, order: np.ndarray | None = None,
   """
   order = np.arange(len(split)) if order is None else order
   full_length = split.inputs.shape[1]
+  lengths = split.lengths() if bucket_width else None
   for start in range(0, len(order), batch_size):
     index = order[start:start + batch_size]
     pad = batch_size - len(index)
@@ -267,7 +268,7 @@ def batches(split: Split, batch_size: int, order: np.ndarray | None = None,
     index = np.concatenate([index, np.full(pad, index[0], index.dtype)])
     inputs = split.inputs[index]
     if bucket_width:
-      longest = int(np.max(np.sum(inputs != tokenizer.PAD_ID, axis=1)))
+      longest = int(lengths[index].max())
       inputs = inputs[:, :min(full_length, bucket_width * max(1, -(-longest // bucket_width)))]
     yield {"inputs": inputs, "labels": split.labels[index], "mask": mask}
 
