@@ -5,6 +5,9 @@ Any config value can be overridden, e.g. `--config.num_epochs=1 --config.seed=3`
 
 from seqjax import cli  # First: it quiets TensorFlow before anything imports it.
 
+if __name__ == "__main__":
+  cli.restart_with_fast_malloc()  # Before the slow imports below.
+
 import difflib  # noqa: E402
 import os  # noqa: E402
 import sys  # noqa: E402

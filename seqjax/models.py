@@ -3,6 +3,7 @@
 Shapes: B = batch, T = time steps, E = embedding size, H = LSTM units, F = conv filters.
 """
 
+import functools
 from typing import Any
 
 import flax.linen as nn
@@ -41,37 +42,138 @@ def sequence_dropout_mask(module: nn.Module, rate: float, shape: tuple[int, ...]
   return keep.astype(jnp.float32) / (1.0 - rate)
 
 
+def gate_scale(units: int, dtype: Any = jnp.float32) -> Array:
+  """(4H,): 0.5 for the sigmoid gates i, f, o and 1 for the candidate g.
+
+  sigmoid(z) = 0.5 * tanh(z / 2) + 0.5, so once the pre-activations are scaled by this vector,
+  a single tanh over all 4H columns gives every gate. On CPU that is about 3x faster than
+  activating each H-wide slice on its own (H = 100 puts the slices off the SIMD lanes). The
+  scale is folded into the kernels, so it costs nothing per step.
+  """
+  half = jnp.full((units,), 0.5, dtype)
+  return jnp.concatenate([half, half, jnp.ones((units,), dtype), half])
+
+
+def gate_activations(gate_tanh: Array) -> Array:
+  """(B, 4H) tanh of the scaled pre-activations -> the gates i, f, g, o (B, 4H)."""
+  scale = gate_scale(gate_tanh.shape[-1] // 4, gate_tanh.dtype)
+  return gate_tanh * scale + (1 - scale)
+
+
 class LSTMCell(nn.Module):
   """One time step of Keras' LSTM, given the input's projection for that step.
 
-  carry: (c, h), each (B, H). xw_t: (B, 4H) = x_t @ kernel + bias. The gates are i, f, c, o
-  in that order along the last axis, as in Keras. Where `step_mask` (B,) is False (padding),
-  the state is carried over unchanged.
+  carry: (c, h), each (B, H). xw_t: (B, 4H) = (x_t @ kernel + bias) * gate_scale, and
+  recurrent_kernel (H, 4H) is scaled by `gate_scale` too. The gates are i, f, c, o in that
+  order along the last axis, as in Keras. Where `step_mask` (B,) is False (padding), the state
+  is carried over unchanged. Each step outputs, by `emit`: nothing; "h", the new h (B, H); or
+  "residuals", (gate tanh (B, 4H), c, h), what `lstm_recurrence`'s backward pass reads.
   """
 
-  emit_outputs: bool = True  # False: only the final state is needed; stack no outputs.
+  emit: str | None = None
 
   @nn.compact
   def __call__(self, carry: tuple[Array, Array], xw_t: Array, step_mask: Array | None,
                recurrent_kernel: Array, recurrent_mask: Array | None
-               ) -> tuple[tuple[Array, Array], Array | None]:
+               ) -> tuple[tuple[Array, Array], Any]:
     c_prev, h_prev = carry
     h = h_prev if recurrent_mask is None else h_prev * recurrent_mask
-    z = xw_t + h @ recurrent_kernel
-    i, f, g, o = jnp.split(z, 4, axis=-1)
-    c = nn.sigmoid(f) * c_prev + nn.sigmoid(i) * jnp.tanh(g)
-    h = nn.sigmoid(o) * jnp.tanh(c)
+    gate_tanh = jnp.tanh(xw_t + h @ recurrent_kernel)
+    i, f, g, o = jnp.split(gate_activations(gate_tanh), 4, axis=-1)
+    c = f * c_prev + i * g
+    h = o * jnp.tanh(c)
     if step_mask is not None:
       keep = step_mask[:, None]
       c, h = jnp.where(keep, c, c_prev), jnp.where(keep, h, h_prev)
-    return (c, h), h if self.emit_outputs else None
+    outputs = {None: None, "h": h, "residuals": (gate_tanh, c, h)}[self.emit]
+    return (c, h), outputs
+
+
+def scan_lstm_cell(emit: str | None, reverse: bool, xw: Array, recurrent_kernel: Array,
+               mask: Array | None, recurrent_mask: Array | None):
+  """`LSTMCell` over the time-major xw (T, B, 4H) from a zero state, with `nn.scan`."""
+  scan = nn.scan(LSTMCell, variable_broadcast="params", split_rngs={"params": False},
+                 in_axes=(0, 0, nn.broadcast, nn.broadcast), out_axes=0, reverse=reverse)
+  zeros = jnp.zeros(xw.shape[1:-1] + recurrent_kernel.shape[:1], xw.dtype)
+  return scan(emit=emit).apply({}, (zeros, zeros), xw, mask, recurrent_kernel, recurrent_mask)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
+def lstm_recurrence(xw: Array, recurrent_kernel: Array, mask: Array | None,
+                    recurrent_mask: Array | None, reverse: bool, return_sequences: bool) -> Array:
+  """The scanned part of the LSTM, with a hand-written backward pass.
+
+  xw (T, B, 4H) and recurrent_kernel (H, 4H), both scaled by `gate_scale`; mask (T, B) bool;
+  recurrent_mask (B, H), the recurrent dropout's scaled keep-mask. Returns the final h (B, H),
+  or every step's h (T, B, H) with return_sequences.
+
+  Autodiff of the scan computes the recurrent kernel's gradient inside the backward loop, one
+  small matmul per step, and activates the gates in H-wide slices; here the backward loop only
+  carries (dh, dc) and the weight gradient is one large matmul after it, which makes training
+  about twice as fast on CPU.
+  """
+  (_, h), hs = scan_lstm_cell("h" if return_sequences else None, reverse, xw, recurrent_kernel,
+                          mask, recurrent_mask)
+  return hs if return_sequences else h
+
+
+def _lstm_recurrence_fwd(xw, recurrent_kernel, mask, recurrent_mask, reverse, return_sequences):
+  (_, h), residuals = scan_lstm_cell("residuals", reverse, xw, recurrent_kernel, mask,
+                                 recurrent_mask)
+  hs = residuals[2]
+  return hs if return_sequences else h, (residuals, recurrent_kernel, mask, recurrent_mask)
+
+
+def _lstm_recurrence_bwd(reverse, return_sequences, saved, grad):
+  (gate_tanh, cs, hs), recurrent_kernel, mask, recurrent_mask = saved
+  zeros = jnp.zeros_like(cs[:1])
+  # The state each step started from, in time order: the previous step's, or the next one's
+  # when the scan ran backwards.
+  before = ((lambda s: jnp.concatenate([s[1:], zeros])) if reverse
+            else (lambda s: jnp.concatenate([zeros, s[:-1]])))
+  c_before, h_before = before(cs), before(hs)
+  scale = gate_scale(cs.shape[-1], cs.dtype)
+  recurrent_kernel_t = recurrent_kernel.T  # Transposed once, not read across at every step.
+
+  def step(carry, xs):
+    dh, dc = carry
+    gate_tanh_t, c, c_prev, step_mask, dh_output = xs
+    if dh_output is not None:
+      dh = dh + dh_output
+    i, f, g, o = jnp.split(gate_activations(gate_tanh_t), 4, axis=-1)
+    tanh_c = jnp.tanh(c)
+    dc_total = dc + dh * o * (1 - tanh_c * tanh_c)
+    d_gates = jnp.concatenate([dc_total * g, dc_total * c_prev, dc_total * i, dh * tanh_c], -1)
+    dz = d_gates * scale * (1 - gate_tanh_t * gate_tanh_t)
+    dh_prev = dz @ recurrent_kernel_t
+    if recurrent_mask is not None:
+      dh_prev = dh_prev * recurrent_mask
+    dc_prev = dc_total * f
+    if step_mask is not None:
+      keep = step_mask[:, None]
+      dz = jnp.where(keep, dz, 0)
+      dh_prev, dc_prev = jnp.where(keep, dh_prev, dh), jnp.where(keep, dc_prev, dc)
+    return (dh_prev, dc_prev), dz
+
+  dh_final = jnp.zeros_like(zeros[0]) if return_sequences else grad
+  _, dxw = jax.lax.scan(step, (dh_final, jnp.zeros_like(dh_final)),
+                        (gate_tanh, cs, c_before, mask, grad if return_sequences else None),
+                        reverse=not reverse)
+  if recurrent_mask is not None:
+    h_before = h_before * recurrent_mask
+  units = cs.shape[-1]
+  d_recurrent_kernel = h_before.reshape(-1, units).T @ dxw.reshape(-1, 4 * units)
+  return dxw, d_recurrent_kernel, None, None
+
+
+lstm_recurrence.defvjp(_lstm_recurrence_fwd, _lstm_recurrence_bwd)
 
 
 class LSTM(nn.Module):
   """Keras' `LSTM(units, dropout, recurrent_dropout)` over a whole sequence.
 
   Parameters: kernel (E, 4H), recurrent_kernel (H, 4H), bias (4H,). The input projection of
-  all T steps is one matmul; only the recurrent part is scanned over time with `nn.scan`.
+  all T steps is one matmul; only the recurrent part is scanned over time (`lstm_recurrence`).
   Input (B, T, E) -> final state h (B, H), or all states (B, T, H) with return_sequences.
   `reverse=True` reads the sequence from its last step to its first (Keras' go_backwards).
   `mask` (B, T), True on real steps: padded steps leave the state unchanged, so the result
@@ -92,23 +194,21 @@ class LSTM(nn.Module):
     recurrent_kernel = self.param("recurrent_kernel", orthogonal, (self.units, 4 * self.units))
     bias = self.param("bias", lstm_bias_init, (4 * self.units,))
 
-    inputs = inputs.astype(self.dtype)
-    input_mask = sequence_dropout_mask(self, self.dropout, (batch, 1, features), not train)
+    # Time-major from here on: each step reads one contiguous (B, .) block.
+    inputs = jnp.swapaxes(inputs, 0, 1).astype(self.dtype)
+    input_mask = sequence_dropout_mask(self, self.dropout, (1, batch, features), not train)
     if input_mask is not None:
       inputs = inputs * input_mask.astype(self.dtype)
     recurrent_mask = sequence_dropout_mask(self, self.recurrent_dropout, (batch, self.units),
                                            not train)
     if recurrent_mask is not None:
       recurrent_mask = recurrent_mask.astype(self.dtype)
-    xw = inputs @ kernel.astype(self.dtype) + bias.astype(self.dtype)  # (B, T, 4H)
-
-    scan = nn.scan(LSTMCell, variable_broadcast="params", split_rngs={"params": False},
-                   in_axes=(1, 1, nn.broadcast, nn.broadcast), out_axes=1, reverse=self.reverse)
-    zeros = jnp.zeros((batch, self.units), xw.dtype)
-    cell = scan(emit_outputs=self.return_sequences, name="cell")
-    (_, h), outputs = cell((zeros, zeros), xw, mask, recurrent_kernel.astype(self.dtype),
-                           recurrent_mask)
-    return outputs if self.return_sequences else h
+    scale = gate_scale(self.units)
+    xw = inputs @ (kernel * scale).astype(self.dtype) + (bias * scale).astype(self.dtype)
+    outputs = lstm_recurrence(xw, (recurrent_kernel * scale).astype(self.dtype),
+                              None if mask is None else mask.T, recurrent_mask, self.reverse,
+                              self.return_sequences)
+    return jnp.swapaxes(outputs, 0, 1) if self.return_sequences else outputs
 
 
 class Bidirectional(nn.Module):

@@ -18,6 +18,9 @@ from collections.abc import Iterable, Iterator, Sequence
 
 from seqjax import cli  # First: it quiets TensorFlow before anything imports it.
 
+if __name__ == "__main__":
+  cli.restart_with_fast_malloc()  # Before the slow imports below.
+
 import jax  # noqa: E402
 import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402

@@ -172,3 +172,32 @@ def test_masked_backward_lstm_starts_at_the_last_real_step():
                                       for k in ("kernel", "recurrent_kernel", "bias")),
                           go_backwards=True)
   np.testing.assert_allclose(masked, want, atol=1e-5)
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("return_sequences", [False, True])
+@pytest.mark.parametrize("masked", [False, True])
+def test_lstm_backward_pass_equals_autodiff_of_its_forward(reverse, return_sequences, masked):
+  """The hand-written backward pass of `lstm_recurrence`, with padding and recurrent dropout."""
+  rng = np.random.default_rng(0)
+  steps, batch, units = 9, 3, 4
+  xw = rng.normal(size=(steps, batch, 4 * units)).astype(np.float32)
+  recurrent_kernel = (0.5 * rng.normal(size=(units, 4 * units))).astype(np.float32)
+  mask = rng.random((steps, batch)) > 0.3 if masked else None  # Holes anywhere, not only at ends.
+  recurrent_mask = rng.choice([0.0, 2.0], size=(batch, units)).astype(np.float32)
+  out_shape = (steps, batch, units) if return_sequences else (batch, units)
+  weights = rng.normal(size=out_shape).astype(np.float32)
+
+  def custom(xw, recurrent_kernel):
+    return models.lstm_recurrence(xw, recurrent_kernel, mask, recurrent_mask, reverse,
+                                  return_sequences)
+
+  def autodiff(xw, recurrent_kernel):
+    (_, h), hs = models.scan_lstm_cell("h", reverse, xw, recurrent_kernel, mask, recurrent_mask)
+    return hs if return_sequences else h
+
+  wants = jax.grad(lambda *a: jnp.sum(autodiff(*a) * weights), argnums=(0, 1))(xw, recurrent_kernel)
+  gots = jax.grad(lambda *a: jnp.sum(custom(*a) * weights), argnums=(0, 1))(xw, recurrent_kernel)
+  for want, got in zip(wants, gots, strict=True):
+    assert np.abs(want).max() > 0.1  # Something flows back.
+    np.testing.assert_allclose(got, want, atol=1e-5)
