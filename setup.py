@@ -35,5 +35,7 @@ setuptools.setup(
         # benchmarks/benchmark.py times the same models in PyTorch too (Keras 3 comes with
         # TensorFlow).
         "bench": ["torch>=2.13"],
+        # experiments/*.py draw learning curves.
+        "experiments": ["matplotlib>=3.11"],
     },
 )

@@ -87,6 +87,28 @@ def measure_seqjax(model_name: str, steps: int) -> dict:
   return {"train": _timed(train_once, steps), "infer": _timed(infer_once, steps)}
 
 
+def compile_bucket_widths(model_name: str) -> dict:
+  """Compiles the train step of `<model_name>_bucketed` at every width its batches can have."""
+  import jax
+  import numpy as np
+
+  from seqjax import config as config_lib
+  from seqjax import models, train
+  config = config_lib.from_file(ROOT / "configs" / f"{model_name}_bucketed.py")
+  model = models.create_model(config)
+  state = train.create_train_state(config, model, jax.random.PRNGKey(0))
+  widths = range(config.bucket_width, config.max_length + 1, config.bucket_width)
+  seconds = []
+  for width in widths:
+    batch = {"inputs": np.ones((TRAIN_BATCH, width), np.int32),
+             "labels": np.zeros(TRAIN_BATCH, np.int32), "mask": np.ones(TRAIN_BATCH, np.float32)}
+    start = time.perf_counter()
+    jax.jit(train._train_step).lower(state, batch, jax.random.PRNGKey(1)).compile()
+    seconds.append(time.perf_counter() - start)
+  return {"model": f"{model_name}_bucketed", "widths": list(widths),
+          "compile_seconds": [round(s, 2) for s in seconds]}
+
+
 def measure_flax_reference(model_name: str, steps: int) -> dict:
   """The straightforward Flax model: nn.RNN over nn.OptimizedLSTMCell, as in Flax's examples.
 
@@ -277,12 +299,22 @@ def main() -> None:
   flags.DEFINE_integer("steps", 20, "Timed calls per measurement (after one warm-up call).")
   flags.DEFINE_string("output", str(ROOT / "benchmarks" / "results.json"), "JSON output.")
   flags.DEFINE_string("one", None, "Internal: 'framework,model' to measure in this process.")
+  flags.DEFINE_bool("bucket_compiles", False, "Instead: time compiling each bucketed model's "
+                    "train step at each batch width it can meet.")
 
   def run(argv):
     del argv
     FLAGS = flags.FLAGS
     if FLAGS.one:
       print(json.dumps(run_one(*FLAGS.one.split(","), FLAGS.steps)))
+      return
+    if FLAGS.bucket_compiles:
+      for model_name in FLAGS.models:
+        r = compile_bucket_widths(model_name)
+        print(f"{r['model']}: {len(r['widths'])} widths ({r['widths'][0]}-{r['widths'][-1]}), "
+              f"compiled in {sum(r['compile_seconds']):.1f} s "
+              f"({min(r['compile_seconds']):.1f}-{max(r['compile_seconds']):.1f} s each)",
+              flush=True)
       return
     frameworks = [f for f in FLAGS.frameworks if available(f)]
     rows = []

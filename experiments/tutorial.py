@@ -15,18 +15,14 @@ experiments/results/plots/<study>_<model>.png (learning curves, seeds overlaid).
 """
 
 import json
-import os
 import pathlib
-import platform
 import re
 import statistics
-import subprocess
-import sys
 
 from absl import app, flags
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "experiments" / "results"
+from common import RESULTS, ROOT, launch, machine
+
 KERAS_REFERENCE = ROOT.parent / "shared" / "reference" / "keras_tutorial.md"
 TUTORIAL_MODELS = ["lstm", "lstm_dropout", "lstm_recurrent_dropout", "bilstm", "cnn_lstm"]
 # The tutorial's printed accuracies. Its code evaluated the first model again after training
@@ -41,49 +37,15 @@ flags.DEFINE_string("workdir_root", "runs/tutorial", "Folder for the runs' workd
 flags.DEFINE_bool("skip_training", False, "Only rebuild the table and plots from the copies.")
 
 
-def cpu_name() -> str:
-  try:
-    with open("/proc/cpuinfo") as f:
-      for line in f:
-        if line.startswith("model name"):
-          return line.split(":", 1)[1].strip()
-  except OSError:
-    pass
-  return platform.processor() or platform.machine()
-
-
-def git_commit() -> str:
-  out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                       text=True)
-  dirty = subprocess.run(["git", "status", "--porcelain", "seqjax", "configs"], cwd=ROOT,
-                         capture_output=True, text=True).stdout.strip()
-  return out.stdout.strip() + ("+uncommitted changes" if dirty else "") or "unknown"
-
-
 def run_record(model: str, seed: int) -> pathlib.Path:
   return RESULTS / "runs" / model / f"seed_{seed}.json"
 
 
 def train(model: str, seed: int, workdir: pathlib.Path) -> None:
-  """Trains (or resumes) one run and copies its results.json into experiments/results/runs."""
-  launch = workdir / "launch.json"  # Which code trained the run, written before it starts.
-  if not (workdir / "results.json").exists():
-    workdir.mkdir(parents=True, exist_ok=True)
-    if not launch.exists():
-      launch.write_text(json.dumps({"seqjax_commit": git_commit(), "machine": machine()}))
-    subprocess.run([sys.executable, "-m", "seqjax.main",
-                    f"--config={ROOT / 'configs'}/{model}.py", f"--workdir={workdir}",
-                    f"--config.seed={seed}"], cwd=ROOT, check=True)
-  record = json.loads((workdir / "results.json").read_text())
-  record.update(json.loads(launch.read_text()) if launch.exists() else
-                {"seqjax_commit": "not recorded (trained before experiments/tutorial.py "
-                                  "recorded commits)"})
+  """Trains (or resumes) one run and copies its record into experiments/results/runs."""
+  record = launch(ROOT / "configs" / f"{model}.py", workdir, {"seed": seed})
   run_record(model, seed).parent.mkdir(parents=True, exist_ok=True)
   run_record(model, seed).write_text(json.dumps(record, indent=2) + "\n")
-
-
-def machine() -> str:
-  return f"{cpu_name()}, {os.cpu_count()} cores, no accelerator"
 
 
 def keras_reference() -> dict[str, float]:
@@ -176,7 +138,7 @@ def plot(model: str, by_seed: dict[int, dict]) -> pathlib.Path:
     epochs = [e["epoch"] for e in r["epochs"]]
     for axis, metric in zip(axes, ("accuracy", "loss"), strict=True):
       axis.plot(epochs, [e[f"train_{metric}"] for e in r["epochs"]], "--o", color=colour,
-                label=f"seed {seed} train")
+                label=f"seed {seed} train (epoch mean)")
       axis.plot(epochs, [e[f"test_{metric}"] for e in r["epochs"]], "-o", color=colour,
                 label=f"seed {seed} test")
   for axis, metric in zip(axes, ("accuracy", "loss"), strict=True):

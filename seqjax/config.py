@@ -14,6 +14,8 @@ import ml_collections
 from seqjax.errors import ConfigError
 
 PAD_SIDES = ("pre", "post")
+POOLINGS = ("last", "max", "mean", "max_mean")
+TEST_EVALUATIONS = ("every_epoch", "best_epoch", "never")
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -39,6 +41,10 @@ def base_config() -> ml_collections.ConfigDict:
   config.max_eval_examples = 0  # 0 = all
   # Examples carved from the training split to choose on; 0 = none (the tutorial).
   config.validation_size = 0
+  # When the test split is evaluated: 'every_epoch' (the tutorial); 'best_epoch', once at
+  # the end, on the checkpoint of the best epoch on validation; 'never' (to choose configs
+  # on validation alone). The last two need validation_size > 0.
+  config.evaluate_test = "every_epoch"
 
   # Model: Embedding -> [Dropout] -> [Conv1D + MaxPool] -> (Bi)LSTM -> [Dropout] -> Dense(1).
   config.embedding_dim = 32
@@ -51,6 +57,10 @@ def base_config() -> ml_collections.ConfigDict:
   config.lstm_recurrent_dropout = 0.0  # Keras' LSTM(recurrent_dropout=...): on the state.
   config.bidirectional = False
   config.output_dropout = 0.0  # Dropout layer after the LSTM.
+  config.lstm_layers = 1  # Stacked (Bi)LSTM layers; each above the first reads all states.
+  # What the classifier reads: 'last' state (the tutorial), or 'max', 'mean' or 'max_mean'
+  # of the top layer's states over the real steps.
+  config.pooling = "last"
   # Exact masking: padded steps leave the LSTM state unchanged, so a review's result does not
   # depend on its batch's padding. Needs padding='post' (the words first).
   config.mask_padding = False
@@ -63,6 +73,9 @@ def base_config() -> ml_collections.ConfigDict:
 
   # Training.
   config.learning_rate = 1e-3
+  # 'constant' (the tutorial) or 'cosine': decays to 0 over num_epochs.
+  config.learning_rate_schedule = "constant"
+  config.gradient_clip_norm = 0.0  # Clip the gradients' global norm to this; 0 = no clipping.
   config.batch_size = 64
   config.eval_batch_size = 256
   config.num_epochs = 3
@@ -106,7 +119,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   """Raises ConfigError naming the first bad value, before any work is done."""
   for key in ("top_words", "max_length", "embedding_dim", "lstm_units", "batch_size",
               "eval_batch_size", "num_epochs", "log_every_steps", "keep_checkpoints",
-              "conv_kernel_size", "pool_size"):
+              "conv_kernel_size", "pool_size", "lstm_layers"):
     value = config[key]
     _check(isinstance(value, int) and value >= 1, key, value, "use an integer >= 1")
   _check(config.top_words >= 4, "top_words", config.top_words,
@@ -123,7 +136,18 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _check(config.compute_dtype in ("float32", "bfloat16"), "compute_dtype", config.compute_dtype,
          "use 'float32' or 'bfloat16'")
   _check(config.learning_rate > 0, "learning_rate", config.learning_rate, "use a value > 0")
+  _check(config.learning_rate_schedule in ("constant", "cosine"), "learning_rate_schedule",
+         config.learning_rate_schedule, "use 'constant' or 'cosine'")
+  _check(config.gradient_clip_norm >= 0, "gradient_clip_norm", config.gradient_clip_norm,
+         "use a norm > 0, or 0 for no clipping")
+  _check(config.pooling in POOLINGS, "pooling", config.pooling,
+         f"use one of {', '.join(map(repr, POOLINGS))}")
   _check(bool(config.dataset), "dataset", config.dataset, "name a TFDS dataset")
+  _check(config.evaluate_test in TEST_EVALUATIONS, "evaluate_test", config.evaluate_test,
+         f"use one of {', '.join(map(repr, TEST_EVALUATIONS))}")
+  if config.evaluate_test != "every_epoch":
+    _check(config.validation_size > 0, "evaluate_test", config.evaluate_test,
+           "it needs validation_size > 0 (epochs are then judged on validation)")
   if config.mask_padding:
     _check(config.padding == "post", "padding", config.padding,
            "use 'post' with mask_padding=True (masking expects the words first)")

@@ -46,7 +46,7 @@ def gate_scale(units: int, dtype: Any = jnp.float32) -> Array:
   """(4H,): 0.5 for the sigmoid gates i, f, o and 1 for the candidate g.
 
   sigmoid(z) = 0.5 * tanh(z / 2) + 0.5, so once the pre-activations are scaled by this vector,
-  a single tanh over all 4H columns gives every gate. On CPU that is about 3x faster than
+  a single tanh over all 4H columns gives every gate. On CPU that is much faster than
   activating each H-wide slice on its own (H = 100 puts the slices off the SIMD lanes). The
   scale is folded into the kernels, so it costs nothing per step.
   """
@@ -90,7 +90,7 @@ class LSTMCell(nn.Module):
 
 
 def scan_lstm_cell(emit: str | None, reverse: bool, xw: Array, recurrent_kernel: Array,
-               mask: Array | None, recurrent_mask: Array | None):
+                   mask: Array | None, recurrent_mask: Array | None):
   """`LSTMCell` over the time-major xw (T, B, 4H) from a zero state, with `nn.scan`."""
   scan = nn.scan(LSTMCell, variable_broadcast="params", split_rngs={"params": False},
                  in_axes=(0, 0, nn.broadcast, nn.broadcast), out_axes=0, reverse=reverse)
@@ -107,19 +107,18 @@ def lstm_recurrence(xw: Array, recurrent_kernel: Array, mask: Array | None,
   recurrent_mask (B, H), the recurrent dropout's scaled keep-mask. Returns the final h (B, H),
   or every step's h (T, B, H) with return_sequences.
 
-  Autodiff of the scan computes the recurrent kernel's gradient inside the backward loop, one
-  small matmul per step, and activates the gates in H-wide slices; here the backward loop only
-  carries (dh, dc) and the weight gradient is one large matmul after it, which makes training
-  about twice as fast on CPU.
+  Autodiff of the scan accumulates the recurrent kernel's gradient inside the backward loop,
+  one small matmul per step; this backward loop carries only (dh, dc), and the kernel's
+  gradient is one large matmul after it.
   """
-  (_, h), hs = scan_lstm_cell("h" if return_sequences else None, reverse, xw, recurrent_kernel,
-                          mask, recurrent_mask)
+  (_, h), hs = scan_lstm_cell("h" if return_sequences else None, reverse, xw,
+                              recurrent_kernel, mask, recurrent_mask)
   return hs if return_sequences else h
 
 
 def _lstm_recurrence_fwd(xw, recurrent_kernel, mask, recurrent_mask, reverse, return_sequences):
   (_, h), residuals = scan_lstm_cell("residuals", reverse, xw, recurrent_kernel, mask,
-                                 recurrent_mask)
+                                     recurrent_mask)
   hs = residuals[2]
   return hs if return_sequences else h, (residuals, recurrent_kernel, mask, recurrent_mask)
 
@@ -215,18 +214,20 @@ class Bidirectional(nn.Module):
   """Keras' `Bidirectional(LSTM(...))`: separate forward and backward LSTMs.
 
   Input (B, T, E) and optional mask (B, T) -> concatenated final states [forward, backward]
-  (B, 2H). With a mask, the backward LSTM starts at each sequence's last real step.
+  (B, 2H), or with return_sequences both directions' states at every step (B, T, 2H). With a
+  mask, the backward LSTM starts at each sequence's last real step.
   """
 
   units: int
   dropout: float = 0.0
   recurrent_dropout: float = 0.0
+  return_sequences: bool = False
   dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, inputs: Array, mask: Array | None = None, *, train: bool) -> Array:
     kwargs = dict(units=self.units, dropout=self.dropout, recurrent_dropout=self.recurrent_dropout,
-                  dtype=self.dtype)
+                  return_sequences=self.return_sequences, dtype=self.dtype)
     forward = LSTM(**kwargs, name="forward")(inputs, mask, train=train)
     backward = LSTM(**kwargs, reverse=True, name="backward")(inputs, mask, train=train)
     return jnp.concatenate([forward, backward], axis=-1)
@@ -260,12 +261,31 @@ class ConvFrontEnd(nn.Module):
     return x, mask
 
 
+def pool_over_time(states: Array, mask: Array | None, pooling: str) -> Array:
+  """(B, T, D) states of every step -> (B, D) max or mean over the real steps, or (B, 2D) both.
+
+  mask (B, T) marks the real steps (all of them if None); a sequence must have at least one.
+  """
+  real = jnp.ones(states.shape[:2], bool) if mask is None else mask
+  pooled = []
+  if pooling in ("max", "max_mean"):
+    pooled.append(jnp.max(jnp.where(real[..., None], states, -jnp.inf), axis=1))
+  if pooling in ("mean", "max_mean"):
+    count = jnp.maximum(jnp.sum(real, axis=1, keepdims=True), 1).astype(states.dtype)
+    pooled.append(jnp.sum(jnp.where(real[..., None], states, 0), axis=1) / count)
+  return jnp.concatenate(pooled, axis=-1)
+
+
 class Classifier(nn.Module):
-  """Embedding -> [Dropout] -> [ConvFrontEnd] -> LSTM or Bidirectional -> [Dropout] -> Dense(1).
+  """Embedding -> [Dropout] -> [ConvFrontEnd] -> LSTM or Bidirectional (x lstm_layers)
+  -> [pooling over time] -> [Dropout] -> Dense(1).
 
   Input token ids (B, T) int -> one logit per example (B,); sigmoid(logit) is P(positive).
   With `mask_padding`, the ids must be padded after the words ('post'): then a review's logit
-  does not depend on the padding, so batches can be cut to their longest review.
+  does not depend on the padding, so batches can be cut to their longest review. The tutorial's
+  models have one layer and classify the last state (`pooling='last'`); stacked layers read
+  every state of the layer below, and 'max', 'mean' or 'max_mean' pool the top layer's states
+  over the (real) steps.
   """
 
   vocab_size: int
@@ -279,6 +299,8 @@ class Classifier(nn.Module):
   lstm_dropout: float = 0.0
   lstm_recurrent_dropout: float = 0.0
   output_dropout: float = 0.0
+  lstm_layers: int = 1
+  pooling: str = "last"
   # Padding (id 0, after the words) leaves the LSTM state unchanged; see `LSTM`.
   mask_padding: bool = False
   # bfloat16 computes faster on accelerators; parameters and the optimizer stay float32.
@@ -296,9 +318,15 @@ class Classifier(nn.Module):
       x, mask = ConvFrontEnd(self.conv_filters, self.conv_kernel_size, self.pool_size,
                              dtype=self.dtype, name="conv_front_end")(x, mask)
     rnn = Bidirectional if self.bidirectional else LSTM
-    x = rnn(self.lstm_units, dropout=self.lstm_dropout,
-            recurrent_dropout=self.lstm_recurrent_dropout, dtype=self.dtype,
-            name="bidirectional" if self.bidirectional else "lstm")(x, mask, train=train)
+    name = "bidirectional" if self.bidirectional else "lstm"
+    for layer in range(self.lstm_layers):
+      top = layer == self.lstm_layers - 1
+      x = rnn(self.lstm_units, dropout=self.lstm_dropout,
+              recurrent_dropout=self.lstm_recurrent_dropout,
+              return_sequences=not top or self.pooling != "last", dtype=self.dtype,
+              name=f"{name}_{layer}" if layer else name)(x, mask, train=train)
+    if self.pooling != "last":
+      x = pool_over_time(x, mask, self.pooling)
     if self.output_dropout:
       x = nn.Dropout(self.output_dropout, deterministic=not train, name="output_dropout")(x)
     logits = nn.Dense(1, kernel_init=glorot_uniform, dtype=self.dtype, name="dense")(x)
@@ -319,6 +347,8 @@ def create_model(config: ml_collections.ConfigDict) -> Classifier:
       lstm_dropout=config.lstm_dropout,
       lstm_recurrent_dropout=config.lstm_recurrent_dropout,
       output_dropout=config.output_dropout,
+      lstm_layers=config.lstm_layers,
+      pooling=config.pooling,
       mask_padding=config.mask_padding,
       dtype=jnp.dtype(config.compute_dtype),
   )

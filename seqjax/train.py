@@ -51,12 +51,26 @@ def batch_metrics(logits: jax.Array, labels: jax.Array, mask: jax.Array) -> Metr
   return Metrics.single_from_model_output(loss=losses, accuracy=correct, mask=mask)
 
 
+def create_optimizer(config: ml_collections.ConfigDict,
+                     steps_per_epoch: int = 1) -> optax.GradientTransformation:
+  """Adam, with the config's learning-rate schedule and gradient clipping."""
+  learning_rate = config.learning_rate
+  if config.learning_rate_schedule == "cosine":
+    learning_rate = optax.cosine_decay_schedule(learning_rate,
+                                                steps_per_epoch * config.num_epochs)
+  adam = optax.adam(learning_rate)
+  if not config.gradient_clip_norm:
+    return adam
+  return optax.chain(optax.clip_by_global_norm(config.gradient_clip_norm), adam)
+
+
 def create_train_state(config: ml_collections.ConfigDict, model: models.Classifier,
-                       rng: jax.Array) -> train_state.TrainState:
+                       rng: jax.Array, steps_per_epoch: int = 1) -> train_state.TrainState:
+  """Fresh parameters and optimizer state. `steps_per_epoch` sets a schedule's length."""
   dummy = jnp.zeros((1, config.max_length), jnp.int32)
   params = model.init({"params": rng}, dummy, train=False)["params"]
   return train_state.TrainState.create(apply_fn=model.apply, params=params,
-                                       tx=optax.adam(config.learning_rate))
+                                       tx=create_optimizer(config, steps_per_epoch))
 
 
 def _train_step(state: train_state.TrainState, batch: dict[str, jax.Array],
@@ -130,28 +144,40 @@ def _check_finite(first_bad_step: jax.Array, checkpoints: ckpt.Checkpoints) -> N
         "--config.learning_rate, or check the data.")
 
 
-def _evaluate_splits(state: train_state.TrainState, data: input_pipeline.Data,
+def _evaluate_splits(state: train_state.TrainState, splits: dict[str, input_pipeline.Split],
                      config: ml_collections.ConfigDict, step: Callable,
                      put_batch: Callable) -> dict[str, float]:
-  """validation_* (if any) and test_* loss and accuracy, and the seconds they took."""
+  """<split>_loss and <split>_accuracy of each split, and the seconds they took."""
   start = time.time()
-  splits = {"validation": data.validation, "test": data.test}
-  record = {f"{name}_{k}": v for name, split in splits.items() if split is not None
+  record = {f"{name}_{k}": v for name, split in splits.items()
             for k, v in evaluate(state, split, config.eval_batch_size, config.bucket_width,
                                  step, put_batch).items()}
   return {**record, "eval_seconds": round(time.time() - start, 2)}
 
 
+def _epoch_splits(data: input_pipeline.Data, config: ml_collections.ConfigDict
+                  ) -> dict[str, input_pipeline.Split]:
+  """What each epoch is evaluated on: validation (if any), and test unless it is kept back."""
+  splits = {} if data.validation is None else {"validation": data.validation}
+  if config.evaluate_test == "every_epoch":
+    splits["test"] = data.test
+  return splits
+
+
 def _results(config: ml_collections.ConfigDict, num_params: int, data: input_pipeline.Data,
-             history: list[dict]) -> dict[str, Any]:
-  """What results.json holds: the final epoch's test figures, totals, and every epoch."""
+             history: list[dict], final_test: dict[str, float] | None) -> dict[str, Any]:
+  """What results.json holds: the test figures, totals, and every epoch.
+
+  The test figures are the final epoch's, or with evaluate_test='best_epoch' those of the one
+  test evaluation, `final_test`, of the best epoch on validation; 'never' gives none.
+  """
   final = history[-1]
   train_seconds = sum(r["train_seconds"] for r in history)
+  test = final_test or final
   results = {
       "config_name": config.name,
       "num_params": num_params,
-      "test_accuracy": final["test_accuracy"],
-      "test_loss": final["test_loss"],
+      **{k: test[k] for k in ("test_accuracy", "test_loss") if k in test},
       "train_seconds": round(train_seconds, 2),
       "train_examples_per_second": round(
           sum(r["train_examples"] for r in history) / train_seconds, 1),
@@ -167,9 +193,12 @@ def _results(config: ml_collections.ConfigDict, num_params: int, data: input_pip
                    validation_loss=final["validation_loss"],
                    num_validation_examples=len(data.validation),
                    best_epoch=best["epoch"],
-                   best_epoch_validation_accuracy=best["validation_accuracy"],
-                   best_epoch_test_accuracy=best["test_accuracy"],
-                   best_epoch_test_loss=best["test_loss"])
+                   best_epoch_validation_accuracy=best["validation_accuracy"])
+    if final_test:
+      results["test_evaluated_at_epoch"] = best["epoch"]
+    elif config.evaluate_test == "every_epoch":
+      results.update(best_epoch_test_accuracy=best["test_accuracy"],
+                     best_epoch_test_loss=best["test_loss"])
   return results
 
 
@@ -198,7 +227,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     print_summary(model, config)
   init_rng, dropout_rng = jax.random.split(jax.random.PRNGKey(config.seed))
   replicated = devices.replicated
-  state = jax.device_put(create_train_state(config, model, init_rng), replicated)
+  steps_per_epoch = input_pipeline.num_batches(len(data.train), config.batch_size)
+  state = jax.device_put(create_train_state(config, model, init_rng, steps_per_epoch),
+                         replicated)
   dropout_rng = jax.device_put(dropout_rng, replicated)
   num_params = models.count_params(state.params)
   sharded_train_step = jax.jit(_train_step, donate_argnums=0,
@@ -206,7 +237,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                                out_shardings=replicated)
   sharded_eval_step = jax.jit(_eval_step, in_shardings=(replicated, devices.sharded),
                               out_shardings=replicated)
-  steps_per_epoch = input_pipeline.num_batches(len(data.train), config.batch_size)
 
   with contextlib.ExitStack() as stack:
     checkpoints = ckpt.Checkpoints(os.path.join(workdir, workdir_lib.CHECKPOINTS),
@@ -276,8 +306,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
       record = {"epoch": epoch + 1, "step": int(state.step),
                 **{f"train_{k}": float(v) for k, v in epoch_metrics.compute().items()},
-                **_evaluate_splits(state, data, config, sharded_eval_step,
-                                   devices.put_batch),
+                **_evaluate_splits(state, _epoch_splits(data, config), config,
+                                   sharded_eval_step, devices.put_batch),
                 "train_seconds": round(train_seconds, 2), "train_examples": num_trained,
                 "train_examples_per_second": round(num_trained / train_seconds, 1)}
       logging.info("epoch %d/%d  %s", epoch + 1, config.num_epochs,
@@ -293,9 +323,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       if best_checkpoint is not None and record is workdir_lib.best_epoch(history):
         best_checkpoint.save(record["step"], state, epoch_metrics)
 
-  results = _results(config, num_params, data, history)
+    final_test = None
+    if config.evaluate_test == "best_epoch":
+      best = workdir_lib.best_epoch(history)
+      state, _ = best_checkpoint.restore(best["step"], state, epoch_metrics)
+      final_test = _evaluate_splits(state, {"test": data.test}, config, sharded_eval_step,
+                                    devices.put_batch)
+      logging.info("The test split, evaluated once, on epoch %d (best on validation): "
+                   "accuracy %.4f, loss %.4f", best["epoch"], final_test["test_accuracy"],
+                   final_test["test_loss"])
+
+  results = _results(config, num_params, data, history, final_test)
   if is_main:
     workdir_lib.write_json(os.path.join(workdir, workdir_lib.RESULTS), results)
-  logging.info("Test accuracy %.4f, loss %.4f; results in %s", results["test_accuracy"],
-               results["test_loss"], os.path.join(workdir, workdir_lib.RESULTS))
+  if "test_accuracy" in results:
+    logging.info("Test accuracy %.4f, loss %.4f", results["test_accuracy"],
+                 results["test_loss"])
+  logging.info("Results in %s", os.path.join(workdir, workdir_lib.RESULTS))
   return results

@@ -13,6 +13,7 @@ from typing import Any
 
 import ml_collections
 
+from seqjax import config as config_lib
 from seqjax import files
 from seqjax.errors import ConfigError
 
@@ -29,7 +30,7 @@ RUN_FILES = (CONFIG, VOCABULARY, METRICS, RESULTS, CHECKPOINTS, BEST_CHECKPOINT,
 # Keys that change how a run is watched or stored, not what it computes: a workdir may be
 # resumed with other values for these. num_epochs is one of them because each epoch's data
 # order depends only on (seed, epoch): a run extended to more epochs continues exactly as a
-# longer run would have.
+# longer run would have (unless a learning-rate schedule spans num_epochs).
 NON_RESULT_KEYS = frozenset({"data_dir", "cache_dir", "download", "num_epochs", "log_every_steps",
                              "checkpoint_every_steps", "keep_checkpoints", "eval_batch_size"})
 
@@ -40,10 +41,14 @@ def check_config(workdir: str, config: ml_collections.ConfigDict) -> None:
   if not os.path.exists(path):
     return
   with open(path) as f:
-    previous = json.load(f)
+    # Keys added to seqjax after that run was written have their defaults in it.
+    previous = {**json.loads(config_lib.base_config().to_json()), **json.load(f)}
   current = json.loads(config.to_json())
+  ignored = NON_RESULT_KEYS
+  if current["learning_rate_schedule"] != "constant":
+    ignored = ignored - {"num_epochs"}
   differing = sorted(k for k in set(previous) | set(current)
-                     if k not in NON_RESULT_KEYS and previous.get(k) != current.get(k))
+                     if k not in ignored and previous.get(k) != current.get(k))
   if differing:
     changes = ", ".join(f"{k}: {previous.get(k)!r} -> {current.get(k)!r}" for k in differing)
     raise ConfigError(f"The workdir {workdir} holds a run of another config ({changes}). "

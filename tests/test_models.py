@@ -140,11 +140,15 @@ def test_conv_front_end_is_same_padded_relu_conv_then_max_pool():
   np.testing.assert_allclose(out, want, atol=1e-5)
 
 
-@pytest.mark.parametrize("name", sorted(KERAS_PARAM_COUNTS))
-def test_masked_result_does_not_depend_on_the_padding(name):
+BEYOND_TUTORIAL = {"lstm_layers": 2, "pooling": "max_mean"}
+
+
+@pytest.mark.parametrize("name, extra", [(name, {}) for name in sorted(KERAS_PARAM_COUNTS)]
+                         + [("bilstm", BEYOND_TUTORIAL), ("cnn_lstm", BEYOND_TUTORIAL)])
+def test_masked_result_does_not_depend_on_the_padding(name, extra):
   """A review gives the same logit alone as in a batch padded far beyond it (to 1e-5)."""
   config = load_config(name)
-  config.update(mask_padding=True, padding="post", max_length=40, lstm_units=16)
+  config.update(mask_padding=True, padding="post", max_length=40, lstm_units=16, **extra)
   model = models.create_model(config)
   rng = np.random.default_rng(0)
   lengths = [7, 12, 19, 33]
@@ -201,3 +205,24 @@ def test_lstm_backward_pass_equals_autodiff_of_its_forward(reverse, return_seque
   for want, got in zip(wants, gots, strict=True):
     assert np.abs(want).max() > 0.1  # Something flows back.
     np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+def test_pooling_takes_max_and_mean_over_the_real_steps_only():
+  states = np.random.default_rng(0).normal(size=(2, 5, 3)).astype(np.float32)
+  mask = np.array([[True] * 5, [True, True, False, False, False]])
+  pooled = models.pool_over_time(jnp.asarray(states), jnp.asarray(mask), "max_mean")
+  want = [np.r_[states[0].max(0), states[0].mean(0)], np.r_[states[1, :2].max(0),
+                                                           states[1, :2].mean(0)]]
+  np.testing.assert_allclose(pooled, want, atol=1e-6)
+  np.testing.assert_allclose(models.pool_over_time(jnp.asarray(states), None, "max"),
+                             states.max(1), atol=1e-6)
+
+
+def test_stacked_layers_feed_every_state_upwards():
+  config = load_config("bilstm")
+  config.update(lstm_layers=2, max_length=12)
+  model = models.create_model(config)
+  params = init(model, jnp.zeros((1, 12), jnp.int32))
+  # Layer 2 reads layer 1's 2H = 200 features of every step.
+  assert params["bidirectional_1"]["forward"]["kernel"].shape == (200, 400)
+  assert models.count_params(params) == KERAS_PARAM_COUNTS["bilstm"] + 2 * (200 + 100 + 1) * 400

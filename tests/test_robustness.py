@@ -210,6 +210,13 @@ def test_real_full_disk_stops_with_a_clear_error_and_the_previous_checkpoint_res
     ("dataset", "", "name a TFDS dataset"),
     ("bucket_width", 50, "bucketing needs mask_padding=True, else padding would change the "
                          "results"),
+    ("lstm_layers", 0, "use an integer >= 1"),
+    ("pooling", "sum", "use one of 'last', 'max', 'mean', 'max_mean'"),
+    ("learning_rate_schedule", "linear", "use 'constant' or 'cosine'"),
+    ("gradient_clip_norm", -1.0, "use a norm > 0, or 0 for no clipping"),
+    ("evaluate_test", "sometimes", "use one of 'every_epoch', 'best_epoch', 'never'"),
+    ("evaluate_test", "never", "it needs validation_size > 0 (epochs are then judged on "
+                               "validation)"),
 ])
 def test_bad_config_value_names_key_value_and_what_is_allowed(key, value, allowed):
   config = config_lib.base_config()

@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -13,6 +14,7 @@ import seqjax
 from conftest import PROJECT_ROOT, REAL_DATA_DIR, TinyReviews, load_config, tiny_overrides
 from seqjax import config as config_lib
 from seqjax import input_pipeline, models, train
+from seqjax import workdir as workdir_lib
 from seqjax.errors import ConfigError
 
 
@@ -130,11 +132,13 @@ def test_missing_data_exits_at_once_with_where_and_how(tmp_path):
 
 
 @pytest.mark.parametrize("name", ["lstm_dropout", "lstm_recurrent_dropout", "bilstm",
-                                  "cnn_lstm"])
+                                  "cnn_lstm", "best"])
 def test_every_tutorial_config_trains(tiny_data_dir, tmp_path, name):
   config = load_config(name)
   config.update(tiny_overrides(tiny_data_dir, tmp_path / "cache"), num_epochs=1,
                 log_every_steps=1000)
+  if config.validation_size:
+    config.validation_size = 20
   results = train.train_and_evaluate(config, str(tmp_path / name))
   assert results["config_name"] == name and np.isfinite(results["test_loss"])
 
@@ -177,3 +181,63 @@ def test_bucketed_config_trains_end_to_end(tiny_data_dir, tmp_path):
   assert results["config_name"] == "cnn_lstm_bucketed"
   assert results["num_test_examples"] == TinyReviews.SPLIT_SIZES["test"]
   assert np.isfinite(results["test_loss"])
+
+
+@pytest.mark.parametrize("clip, smaller", [(0.0, False), (1e-12, True)])
+def test_gradient_clipping_shrinks_adams_first_update(clip, smaller):
+  """Adam's first step is about lr * sign(g) whatever |g|, unless clipping makes g tiny
+  against its epsilon."""
+  config = config_lib.base_config()
+  config.gradient_clip_norm = clip
+  optimizer = train.create_optimizer(config)
+  grads = {"w": jnp.full((3,), 5.0)}
+  updates, _ = optimizer.update(grads, optimizer.init(grads))
+  size = float(jnp.max(jnp.abs(updates["w"])))
+  assert (size < 1e-3 * config.learning_rate) if smaller else size > 0.99 * config.learning_rate
+
+
+def test_cosine_schedule_decays_to_zero_at_the_last_step():
+  config = config_lib.base_config()
+  config.update(learning_rate_schedule="cosine", num_epochs=2)
+  optimizer = train.create_optimizer(config, steps_per_epoch=5)
+  grads = {"w": jnp.ones((2,))}
+  state = optimizer.init(grads)
+  sizes = []
+  for _ in range(11):
+    updates, state = optimizer.update(grads, state)
+    sizes.append(float(jnp.max(jnp.abs(updates["w"]))))
+  assert sizes[0] > 0.99 * config.learning_rate
+  assert sizes[0] > sizes[5] > sizes[9] > 0 and sizes[10] == 0.0
+
+
+def test_run_written_before_new_config_keys_still_resumes(tmp_path):
+  """A config.json without keys added later (here `pooling`) reads as having their defaults."""
+  config = config_lib.base_config()
+  saved = json.loads(config.to_json())
+  del saved["pooling"]
+  (tmp_path / "config.json").write_text(json.dumps(saved))
+  workdir_lib.check_config(str(tmp_path), config)  # No ConfigError.
+  config.pooling = "max"
+  with pytest.raises(ConfigError, match="pooling: 'last' -> 'max'"):
+    workdir_lib.check_config(str(tmp_path), config)
+
+
+def test_test_split_kept_back_is_evaluated_once_on_the_best_validation_epoch(tiny_data_dir,
+                                                                             tmp_path):
+  def run(name, evaluate_test):
+    config = tiny_config(tiny_data_dir, tmp_path, num_epochs=3, validation_size=40,
+                         evaluate_test=evaluate_test)
+    return train.train_and_evaluate(config, str(tmp_path / name))
+
+  never = run("never", "never")
+  assert not any(k.startswith("test_") for k in never) and "test_loss" not in never["epochs"][0]
+  kept_back = run("kept_back", "best_epoch")
+  assert not any(k.startswith("test_") for e in kept_back["epochs"] for k in e)
+  best = kept_back["best_epoch"]
+  assert kept_back["test_evaluated_at_epoch"] == best
+  # The same training, with the test split evaluated after every epoch (as the tutorial):
+  # the kept-back figure is that of the best validation epoch, not of the last epoch.
+  every_epoch = run("every_epoch", "every_epoch")
+  assert every_epoch["epochs"][best - 1]["test_accuracy"] == kept_back["test_accuracy"]
+  assert every_epoch["epochs"][best - 1]["test_loss"] == pytest.approx(kept_back["test_loss"],
+                                                                        abs=1e-6)

@@ -1,0 +1,30 @@
+"""Beyond the tutorial: a masked, bucketed BiLSTM over a larger vocabulary, pooled over time.
+
+Trained on the 25,000 labelled reviews only. The choices below were made on a validation split
+carved from the training set (experiments/best.py; its log is experiments/results/best.md);
+the test split is evaluated once, on the checkpoint of the best epoch on validation.
+"""
+
+from seqjax import config as config_lib
+
+
+def get_config():
+  config = config_lib.base_config()
+  config.name = "best"
+  config.top_words = 20000
+  config.max_length = 800
+  config.padding = "post"
+  config.mask_padding = True
+  config.bucket_width = 50
+  config.embedding_dim = 64
+  config.embedding_dropout = 0.3
+  config.bidirectional = True
+  config.pooling = "max_mean"
+  config.output_dropout = 0.3
+  config.learning_rate = 2e-3
+  config.learning_rate_schedule = "cosine"
+  config.gradient_clip_norm = 1.0
+  config.num_epochs = 6
+  config.validation_size = 2500
+  config.evaluate_test = "best_epoch"
+  return config
