@@ -84,7 +84,7 @@ def summary_rows(records: dict[str, dict[int, dict]]) -> list[str]:
     rows.append(
         f"| {model} | {runs[0]['num_params']:,} | {len(runs)} | **{mean_std(final)}** | {spread} "
         f"| {loss} | {train_s:.0f} | {eval_s:.0f} | {keras.get(base, float('nan')):.2f} "
-        f"| {TUTORIAL_FIGURES.get(base, '—')} |".replace("nan", "—"))
+        f"| {TUTORIAL_FIGURES.get(base, float('nan')):.2f} |".replace("nan", "—"))
   return rows
 
 

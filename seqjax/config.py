@@ -73,6 +73,7 @@ def base_config() -> ml_collections.ConfigDict:
 
   # Training.
   config.learning_rate = 1e-3
+  config.adam_epsilon = 1e-7  # Keras' Adam default (optax's is 1e-8).
   # 'constant' (the tutorial) or 'cosine': decays to 0 over num_epochs.
   config.learning_rate_schedule = "constant"
   config.gradient_clip_norm = 0.0  # Clip the gradients' global norm to this; 0 = no clipping.
@@ -136,6 +137,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _check(config.compute_dtype in ("float32", "bfloat16"), "compute_dtype", config.compute_dtype,
          "use 'float32' or 'bfloat16'")
   _check(config.learning_rate > 0, "learning_rate", config.learning_rate, "use a value > 0")
+  _check(config.adam_epsilon > 0, "adam_epsilon", config.adam_epsilon, "use a value > 0")
   _check(config.learning_rate_schedule in ("constant", "cosine"), "learning_rate_schedule",
          config.learning_rate_schedule, "use 'constant' or 'cosine'")
   _check(config.gradient_clip_norm >= 0, "gradient_clip_norm", config.gradient_clip_norm,

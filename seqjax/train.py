@@ -58,7 +58,7 @@ def create_optimizer(config: ml_collections.ConfigDict,
   if config.learning_rate_schedule == "cosine":
     learning_rate = optax.cosine_decay_schedule(learning_rate,
                                                 steps_per_epoch * config.num_epochs)
-  adam = optax.adam(learning_rate)
+  adam = optax.adam(learning_rate, eps=config.adam_epsilon)
   if not config.gradient_clip_norm:
     return adam
   return optax.chain(optax.clip_by_global_norm(config.gradient_clip_norm), adam)

@@ -241,3 +241,12 @@ def test_test_split_kept_back_is_evaluated_once_on_the_best_validation_epoch(tin
   assert every_epoch["epochs"][best - 1]["test_accuracy"] == kept_back["test_accuracy"]
   assert every_epoch["epochs"][best - 1]["test_loss"] == pytest.approx(kept_back["test_loss"],
                                                                         abs=1e-6)
+
+
+def test_adam_uses_keras_epsilon():
+  """Keras' Adam has epsilon 1e-7: a first gradient of 1e-7 then moves by half the rate."""
+  config = config_lib.base_config()
+  optimizer = train.create_optimizer(config)
+  grads = {"w": jnp.full((2,), 1e-7)}
+  updates, _ = optimizer.update(grads, optimizer.init(grads))
+  np.testing.assert_allclose(updates["w"], -0.5 * config.learning_rate, rtol=1e-3)
