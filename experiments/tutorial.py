@@ -108,8 +108,9 @@ def bucketing_rows(records: dict[str, dict[int, dict]], seeds: list[str]) -> lis
       continue
     pair = {}
     for name, runs in (("bucketed", by_seed.values()), ("faithful", faithful.values())):
+      # The fastest epoch: the least disturbed by whatever else the machine ran.
       pair[name] = ([100 * r["test_accuracy"] for r in runs],
-                    statistics.mean(e["train_seconds"] for r in runs for e in r["epochs"]))
+                    min(e["train_seconds"] for r in runs for e in r["epochs"]))
     difference = statistics.mean(pair["bucketed"][0]) - statistics.mean(pair["faithful"][0])
     rows.append(f"| {base} | {mean_std(pair['faithful'][0])} ({len(pair['faithful'][0])}) "
                 f"| {mean_std(pair['bucketed'][0])} ({len(pair['bucketed'][0])}) "
@@ -120,7 +121,7 @@ def bucketing_rows(records: dict[str, dict[int, dict]], seeds: list[str]) -> lis
   return ["", "Masking and bucketing against the tutorial-faithful model (pre-padding to 500, "
           "no mask), same seeds where both exist (their number in brackets):", "",
           "| model | faithful: test accuracy % | bucketed: test accuracy % | difference "
-          "| faithful: train s/epoch | bucketed: train s/epoch | speed-up |",
+          "| faithful: fastest train epoch, s | bucketed: fastest train epoch, s | speed-up |",
           "|---|---|---|---|---|---|---|", *rows]
 
 
