@@ -28,8 +28,6 @@ flags.DEFINE_string("workdir_root", "runs/best", "Folder for the runs' workdirs.
 flags.DEFINE_list("seeds", ["7", "8", "9"], "Seeds of the final runs.")
 
 BEST = ROOT / "configs" / "best.py"
-# configs/best.py's values that are not choices: how the runs are judged and for how long.
-PROTOCOL = ("num_epochs", "validation_size", "mask_padding", "padding", "bucket_width")
 # The tutorial's BiLSTM, as configs/bilstm.py, restated over configs/best.py.
 START = {"name": "selection", "top_words": 5000, "max_length": 500, "embedding_dim": 32,
          "embedding_dropout": 0.0, "lstm_dropout": 0.2, "lstm_recurrent_dropout": 0.2,

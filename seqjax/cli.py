@@ -21,9 +21,9 @@ from seqjax.errors import UserError  # noqa: E402
 
 # glibc's malloc hands large freed blocks back to the OS and faults fresh pages in on the next
 # allocation. XLA allocates its (T, B, 4H) sequence buffers anew at every step, and on the
-# 2-core VMs we measured, faulting those pages in cost as much as the LSTM's arithmetic. Kept
-# in the process and backed by huge pages, a training step is 1.3-1.6x faster (measured with
-# benchmarks/benchmark.py). glibc reads these settings only at start-up.
+# 2-core VMs we measured, faulting those pages in cost as much as the LSTM's arithmetic, so
+# freed memory is kept in the process and backed by huge pages (README, Performance). glibc
+# reads these settings only at start-up.
 FAST_MALLOC = {"GLIBC_TUNABLES": "glibc.malloc.hugetlb=1:glibc.malloc.mmap_max=0"
                                  ":glibc.malloc.trim_threshold=1099511627776"}
 
