@@ -49,6 +49,7 @@ def base_config() -> ml_collections.ConfigDict:
   # Model: Embedding -> [Dropout] -> [Conv1D + MaxPool] -> (Bi)LSTM -> [Dropout] -> Dense(1).
   config.embedding_dim = 32
   config.embedding_dropout = 0.0  # Dropout layer after the embedding.
+  config.word_dropout = 0.0  # Drops whole words: a word's embedding is zeroed, all of it.
   config.conv_filters = 0  # 0 = no convolutional front end.
   config.conv_kernel_size = 3
   config.pool_size = 2
@@ -129,7 +130,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
               "checkpoint_every_steps", "bucket_width"):
     value = config[key]
     _check(isinstance(value, int) and value >= 0, key, value, "use an integer >= 0")
-  for key in ("embedding_dropout", "lstm_dropout", "lstm_recurrent_dropout", "output_dropout"):
+  for key in ("embedding_dropout", "word_dropout", "lstm_dropout", "lstm_recurrent_dropout",
+              "output_dropout"):
     value = config[key]
     _check(0.0 <= value < 1.0, key, value, "use a rate in [0, 1)")
   for key in ("padding", "truncating"):

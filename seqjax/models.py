@@ -277,8 +277,8 @@ def pool_over_time(states: Array, mask: Array | None, pooling: str) -> Array:
 
 
 class Classifier(nn.Module):
-  """Embedding -> [Dropout] -> [ConvFrontEnd] -> LSTM or Bidirectional (x lstm_layers)
-  -> [pooling over time] -> [Dropout] -> Dense(1).
+  """Embedding -> [word dropout] -> [Dropout] -> [ConvFrontEnd] -> LSTM or Bidirectional
+  (x lstm_layers) -> [pooling over time] -> [Dropout] -> Dense(1).
 
   Input token ids (B, T) int -> one logit per example (B,); sigmoid(logit) is P(positive).
   With `mask_padding`, the ids must be padded after the words ('post'): then a review's logit
@@ -293,6 +293,7 @@ class Classifier(nn.Module):
   lstm_units: int
   bidirectional: bool = False
   embedding_dropout: float = 0.0
+  word_dropout: float = 0.0
   conv_filters: int = 0
   conv_kernel_size: int = 3
   pool_size: int = 2
@@ -311,6 +312,9 @@ class Classifier(nn.Module):
     mask = tokens != PAD_ID if self.mask_padding else None
     x = nn.Embed(self.vocab_size, self.embedding_dim, embedding_init=keras_embedding_init,
                  dtype=self.dtype, name="embedding")(tokens)
+    if self.word_dropout:  # One draw per word, shared by its embedding's features.
+      x = nn.Dropout(self.word_dropout, broadcast_dims=(2,), deterministic=not train,
+                     name="word_dropout")(x)
     if self.embedding_dropout:
       x = nn.Dropout(self.embedding_dropout, deterministic=not train,
                      name="embedding_dropout")(x)
@@ -341,6 +345,7 @@ def create_model(config: ml_collections.ConfigDict) -> Classifier:
       lstm_units=config.lstm_units,
       bidirectional=config.bidirectional,
       embedding_dropout=config.embedding_dropout,
+      word_dropout=config.word_dropout,
       conv_filters=config.conv_filters,
       conv_kernel_size=config.conv_kernel_size,
       pool_size=config.pool_size,

@@ -101,6 +101,19 @@ def test_dropout_is_on_in_training_and_off_in_evaluation(name):
   assert not np.allclose(run(True, 1), run(False, 1))
 
 
+def test_word_dropout_zeroes_whole_words():
+  model = models.Classifier(vocab_size=50, embedding_dim=8, lstm_units=4, word_dropout=0.5)
+  tokens = jax.random.randint(jax.random.PRNGKey(0), (16, 30), 1, 50)
+  params = init(model, tokens)
+  _, state = model.apply({"params": params}, tokens, train=True, capture_intermediates=True,
+                         rngs={"dropout": jax.random.PRNGKey(1)})
+  embedded = np.asarray(state["intermediates"]["embedding"]["__call__"][0])
+  dropped = np.asarray(state["intermediates"]["word_dropout"]["__call__"][0])
+  zeroed = np.all(dropped == 0, axis=-1)  # (16, 30): words zeroed in every feature...
+  np.testing.assert_allclose(dropped[~zeroed], 2 * embedded[~zeroed], rtol=1e-6)  # ...or none.
+  assert 0.35 < zeroed.mean() < 0.65
+
+
 def test_lstm_dropout_masks_are_the_same_at_every_time_step():
   """Keras' LSTM dropout: one input mask and one recurrent mask per sequence, for all steps.
 
