@@ -1,18 +1,19 @@
-"""Chooses a config beyond the tutorial on validation alone, then reports it on the test split.
+"""Chooses configs/best.py on validation alone, then reports it on the test split.
 
   TFDS_DATA_DIR=../shared/data/tfds python experiments/best.py --workdir_root=runs/best
 
-1. Selection, seed 7, test split never evaluated: starting from the tutorial's BiLSTM (masked
-   and bucketed, trained for configs/best.py's epochs, each epoch judged on a validation split
-   of 2,500 training reviews), each change in STEPS is tried on top of what has been kept so
-   far, and kept if it raises the best validation accuracy. One seed's validation accuracy is
-   uncertain by about 0.6 points (2,500 reviews), so small gains are noted as such.
-2. The kept config must be configs/best.py (the script stops if it is not).
-3. Report: configs/best.py with 3 seeds; each evaluates the test split once, on its best
+1. Selection, seed 7, test split never evaluated: configs/best.py and every variant in TRIALS
+   (the configs tried on the way to it, and configs/best.py less one of its ingredients) train
+   with a validation split of 2,500 of the training reviews, and each is judged by its best
+   epoch's validation accuracy. configs/best.py must be the best of them (the script stops if
+   it is not). One seed's validation accuracy on 2,500 reviews is uncertain by about 0.6
+   points, so differences that small are noted as such.
+2. Report: configs/best.py with 3 seeds; each evaluates the test split once, on its best
    validation epoch.
 
-Writes experiments/results/best.md (the selection log and the final table) and a record per
-run under experiments/results/runs/best*/.
+Each run is `python -m seqjax.main` in a fresh process; finished runs are read, not trained
+again. Writes experiments/results/best.md (the selection table, which doubles as the
+ablation, and the final table) and a record per run under experiments/results/runs/best/.
 """
 
 import json
@@ -28,21 +29,19 @@ flags.DEFINE_string("workdir_root", "runs/best", "Folder for the runs' workdirs.
 flags.DEFINE_list("seeds", ["7", "8", "9"], "Seeds of the final runs.")
 
 BEST = ROOT / "configs" / "best.py"
-# The tutorial's BiLSTM, as configs/bilstm.py, restated over configs/best.py.
-START = {"name": "selection", "top_words": 5000, "max_length": 500, "embedding_dim": 32,
-         "embedding_dropout": 0.0, "lstm_dropout": 0.2, "lstm_recurrent_dropout": 0.2,
-         "pooling": "last", "output_dropout": 0.0, "learning_rate": 1e-3,
-         "learning_rate_schedule": "constant", "gradient_clip_norm": 0.0}
-STEPS = [
-    ("vocabulary of 20,000 words, reviews up to 800 words", {"top_words": 20000,
-                                                             "max_length": 800}),
-    ("embedding size 64", {"embedding_dim": 64}),
-    ("max and mean of the states over time, not the last state", {"pooling": "max_mean"}),
-    ("dropout 0.3 on the embeddings and before the classifier, none in the LSTM",
-     {"embedding_dropout": 0.3, "output_dropout": 0.3, "lstm_dropout": 0.0,
-      "lstm_recurrent_dropout": 0.0}),
-    ("learning rate 2e-3, cosine decay, gradient norm clipped to 1",
-     {"learning_rate": 2e-3, "learning_rate_schedule": "cosine", "gradient_clip_norm": 1.0}),
+SELECTION = {"name": "selection", "seed": 7, "evaluate_test": "never"}
+# (run name, how it differs from configs/best.py, config overrides over configs/best.py).
+TRIALS = [
+    ("tutorial", "the tutorial's BiLSTM (5,000 words, 500 steps, embedding 32, dropout 0.2 "
+     "in the LSTM, last state, lr 1e-3 constant, no clipping), masked and bucketed",
+     {"top_words": 5000, "max_length": 500, "embedding_dim": 32, "word_dropout": 0.0,
+      "embedding_dropout": 0.0, "lstm_dropout": 0.2, "lstm_recurrent_dropout": 0.2,
+      "pooling": "last", "output_dropout": 0.0, "learning_rate": 1e-3,
+      "learning_rate_schedule": "constant", "gradient_clip_norm": 0.0}),
+    ("first_try", "no word dropout, output dropout 0.3, 6 epochs (the first config tried)",
+     {"word_dropout": 0.0, "output_dropout": 0.3, "num_epochs": 6}),
+    ("word_dropout_0.3", "word dropout 0.3",
+     {"word_dropout": 0.3}),
 ]
 
 
@@ -57,36 +56,28 @@ def run(name: str, overrides: dict) -> dict:
   return record
 
 
-def select() -> tuple[dict, list[str]]:
-  """The kept overrides, and the selection log's table rows."""
-  kept = dict(START)
-  best = run("step_0", {**kept, "seed": 7, "evaluate_test": "never"})
-  score = best["best_epoch_validation_accuracy"]
-  rows = [f"| 0 | the tutorial's BiLSTM, masked and bucketed | {100 * score:.2f} | — | "
-          f"{best['best_epoch']} | start |"]
-  for i, (change, values) in enumerate(STEPS, start=1):
-    candidate = {**kept, **values}
-    result = run(f"step_{i}", {**candidate, "seed": 7, "evaluate_test": "never"})
-    new = result["best_epoch_validation_accuracy"]
-    verdict = "kept" if new > score else "dropped"
-    rows.append(f"| {i} | {change} | {100 * new:.2f} | {100 * (new - score):+.2f} | "
-                f"{result['best_epoch']} | {verdict} |")
-    if new > score:
-      kept, score = candidate, new
-  return kept, rows
+def select() -> list[str]:
+  """Trains configs/best.py and TRIALS on validation; the selection table's rows."""
+  chosen = run("chosen", SELECTION)
+  score = chosen["best_epoch_validation_accuracy"]
+  rows = [f"| chosen | configs/best.py | {100 * score:.2f} | — | {chosen['best_epoch']} |"]
+  beaten_by = []
+  for name, change, overrides in TRIALS:
+    result = run(name, {**overrides, **SELECTION})
+    accuracy = result["best_epoch_validation_accuracy"]
+    rows.append(f"| {name} | {change} | {100 * accuracy:.2f} | {100 * (accuracy - score):+.2f} "
+                f"| {result['best_epoch']} |")
+    if accuracy > score:
+      beaten_by.append(name)
+  if beaten_by:
+    raise SystemExit(f"On validation, {', '.join(beaten_by)} beat configs/best.py. Make "
+                     "configs/best.py the better config (and TRIALS relative to it), then rerun.")
+  return rows
 
 
 def main(argv):
   del argv
-  from seqjax import config as config_lib
-
-  kept, selection_rows = select()
-  best_config = config_lib.from_file(BEST)
-  differing = {k: (v, best_config[k]) for k, v in kept.items()
-               if k != "name" and best_config[k] != v}
-  if differing:
-    raise SystemExit(f"The selection kept values configs/best.py does not have: {differing} "
-                     "(kept, configs/best.py). Update configs/best.py and rerun.")
+  selection_rows = select()
   finals = [run(f"seed_{seed}", {"seed": int(seed)}) for seed in FLAGS.seeds]
   accuracies = [100 * r["test_accuracy"] for r in finals]
   spread = (f"{statistics.mean(accuracies):.2f} ± {statistics.stdev(accuracies):.2f}"
@@ -95,10 +86,11 @@ def main(argv):
       "# configs/best.py: chosen on validation, reported on test", "",
       f"Machine: {machine()}. Command: `python experiments/best.py`. Labelled reviews only: "
       "22,500 train, 2,500 validation (carved from the training split), 25,000 test.", "",
-      "## Selection (seed 7; the test split was not evaluated)", "",
-      "| step | change tried | best validation accuracy % | vs kept so far | best epoch "
-      "| verdict |",
-      "|---|---|---|---|---|---|",
+      "## Selection and ablation (seed 7; the test split was not evaluated)", "",
+      "Each run is judged by its best epoch's validation accuracy. One seed on 2,500 reviews is "
+      "uncertain by about ±0.6 points.", "",
+      "| run | config | best validation accuracy % | vs configs/best.py | best epoch |",
+      "|---|---|---|---|---|",
       *selection_rows, "",
       "## configs/best.py on the test split (evaluated once per run, on its best validation "
       "epoch)", "",
