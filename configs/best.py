@@ -1,4 +1,5 @@
-"""Beyond the tutorial: a masked, bucketed BiLSTM over a larger vocabulary, pooled over time.
+"""Beyond the tutorial: a masked, bucketed Conv1D + BiLSTM over a larger vocabulary, pooled over
+time, with word dropout.
 
 Trained on the 25,000 labelled reviews only. The choices below were made on a validation split
 carved from the training set (experiments/best.py; its log is experiments/results/best.md);
@@ -17,14 +18,16 @@ def get_config():
   config.mask_padding = True
   config.bucket_width = 50
   config.embedding_dim = 64
+  config.word_dropout = 0.3
   config.embedding_dropout = 0.3
+  config.conv_filters = 64
   config.bidirectional = True
   config.pooling = "max_mean"
-  config.output_dropout = 0.3
+  config.output_dropout = 0.5
   config.learning_rate = 2e-3
   config.learning_rate_schedule = "cosine"
   config.gradient_clip_norm = 1.0
-  config.num_epochs = 6
+  config.num_epochs = 5
   config.validation_size = 2500
   config.evaluate_test = "best_epoch"
   return config

@@ -32,16 +32,14 @@ BEST = ROOT / "configs" / "best.py"
 SELECTION = {"name": "selection", "seed": 7, "evaluate_test": "never"}
 # (run name, how it differs from configs/best.py, config overrides over configs/best.py).
 TRIALS = [
-    ("tutorial", "the tutorial's BiLSTM (5,000 words, 500 steps, embedding 32, dropout 0.2 "
-     "in the LSTM, last state, lr 1e-3 constant, no clipping), masked and bucketed",
-     {"top_words": 5000, "max_length": 500, "embedding_dim": 32, "word_dropout": 0.0,
-      "embedding_dropout": 0.0, "lstm_dropout": 0.2, "lstm_recurrent_dropout": 0.2,
-      "pooling": "last", "output_dropout": 0.0, "learning_rate": 1e-3,
-      "learning_rate_schedule": "constant", "gradient_clip_norm": 0.0}),
-    ("first_try", "no word dropout, output dropout 0.3, 6 epochs (the first config tried)",
-     {"word_dropout": 0.0, "output_dropout": 0.3, "num_epochs": 6}),
-    ("word_dropout_0.3", "word dropout 0.3",
-     {"word_dropout": 0.3}),
+    ("first_try", "no Conv1D, no word dropout, output dropout 0.3, 6 epochs: the first "
+     "config tried", {"conv_filters": 0, "word_dropout": 0.0, "output_dropout": 0.3,
+                      "num_epochs": 6}),
+    ("no_conv", "no Conv1D front end", {"conv_filters": 0}),
+    ("no_conv_word_dropout_0.5", "no Conv1D front end, word dropout 0.5",
+     {"conv_filters": 0, "word_dropout": 0.5}),
+    ("no_conv_vocabulary_40k", "no Conv1D front end, 40,000 words, reviews up to 1,000 words",
+     {"conv_filters": 0, "top_words": 40000, "max_length": 1000}),
 ]
 
 

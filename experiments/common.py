@@ -7,6 +7,9 @@ import platform
 import subprocess
 import sys
 
+from seqjax import config as config_lib
+from seqjax import workdir as workdir_lib
+
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "experiments" / "results"
 
@@ -39,10 +42,15 @@ def launch(config_file: pathlib.Path, workdir: pathlib.Path, overrides: dict) ->
   """Trains (or resumes, or just reads) the run in `workdir`; its results.json, annotated.
 
   Each run is `python -m seqjax.main` in a fresh process. The commit and machine are noted in
-  <workdir>/launch.json before it starts, and added to the returned record.
+  <workdir>/launch.json before it starts, and added to the returned record. A finished run is
+  read only if it was trained with the same config.
   """
   launch_file = workdir / "launch.json"
-  if not (workdir / "results.json").exists():
+  if (workdir / "results.json").exists():
+    config = config_lib.from_file(config_file)
+    config.update(overrides)
+    workdir_lib.check_config(str(workdir), config)
+  else:
     workdir.mkdir(parents=True, exist_ok=True)
     if not launch_file.exists():
       launch_file.write_text(json.dumps({"seqjax_commit": git_commit(), "machine": machine()}))
