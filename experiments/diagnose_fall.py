@@ -8,8 +8,8 @@ A run whose training accuracy holds while its test accuracy falls either overfit
 training reviews, read with dropout off, still score high) or behaves differently with dropout
 off than with it on (then they score low too). For each kept checkpoint this reads the first
 `--examples` reviews of the training and test splits five ways: dropout off; all of the run's
-dropout on (one mask per review, as in a training step); only the dropout on the LSTM inputs;
-only the recurrent dropout; and the mean probability over `--samples` dropout masks.
+dropout on (one mask per review, as in a training step); all but the recurrent dropout; only
+the recurrent dropout; and the mean probability over `--samples` dropout masks.
 
 Then the last epoch is trained again from the checkpoint before it, with the run's own batch
 order and dropout masks (both are functions of the seed and step), logging each step's batch
@@ -46,9 +46,9 @@ def accuracies(config, params, split: input_pipeline.Split, samples: int) -> dic
   ways = {
       "dropout off": (model_with(), False),
       "all dropout on": (model_with(), True),
-      "input dropout only": (model_with(lstm_recurrent_dropout=0.0), True),
+      "no recurrent dropout": (model_with(lstm_recurrent_dropout=0.0), True),
       "recurrent dropout only": (model_with(lstm_dropout=0.0, embedding_dropout=0.0,
-                                            output_dropout=0.0), True),
+                                            word_dropout=0.0, output_dropout=0.0), True),
   }
   labels = split.labels
   found = {}
