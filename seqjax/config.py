@@ -46,7 +46,8 @@ def base_config() -> ml_collections.ConfigDict:
   # on validation alone). The last two need validation_size > 0.
   config.evaluate_test = "every_epoch"
 
-  # Model: Embedding -> [Dropout] -> [Conv1D + MaxPool] -> (Bi)LSTM -> [Dropout] -> Dense(1).
+  # Model: Embedding -> [word dropout, Dropout] -> [Conv1D + MaxPool] -> (Bi)LSTM -> [pooling]
+  # -> [Dropout] -> Dense(1).
   config.embedding_dim = 32
   config.embedding_dropout = 0.0  # Dropout layer after the embedding.
   config.word_dropout = 0.0  # Drops whole words: a word's embedding is zeroed, all of it.
