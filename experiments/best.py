@@ -88,7 +88,7 @@ def main(argv):
       "Each run is judged by its best epoch's validation accuracy. One seed on 2,500 reviews is "
       "uncertain by about ±0.6 points. The validation reviews are a random part of the "
       "training split, so most are of movies the training reviews also cover, while the test "
-      "split's movies are all new (`experiments/movie_overlap.py`): validation accuracy reads "
+      "split's movies are all new (`experiments/imdb_movies.py`): validation accuracy reads "
       "higher than test accuracy.", "",
       "| run | config | best validation accuracy % | vs configs/best.py | best epoch |",
       "|---|---|---|---|---|",

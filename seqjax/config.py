@@ -41,6 +41,10 @@ def base_config() -> ml_collections.ConfigDict:
   config.max_eval_examples = 0  # 0 = all
   # Examples carved from the training split to choose on; 0 = none (the tutorial).
   config.validation_size = 0
+  # A text file with one group id per training example (e.g. its movie), in the dataset's
+  # order: validation then holds out whole groups, at random, until it has validation_size
+  # examples or more. '' = random examples.
+  config.validation_groups = ""
   # When the test split is evaluated: 'every_epoch' (the tutorial); 'best_epoch', once at
   # the end, on the checkpoint of the best epoch on validation; 'never' (to choose configs
   # on validation alone). The last two need validation_size > 0.
@@ -153,6 +157,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if config.evaluate_test != "every_epoch":
     _check(config.validation_size > 0, "evaluate_test", config.evaluate_test,
            "it needs validation_size > 0 (epochs are then judged on validation)")
+  _check(isinstance(config.validation_groups, str), "validation_groups",
+         config.validation_groups, "give a file path, or '' for random examples")
+  _check(not config.validation_groups or config.validation_size > 0, "validation_groups",
+         config.validation_groups, "it needs validation_size > 0")
   if config.mask_padding:
     _check(config.padding == "post", "padding", config.padding,
            "use 'post' with mask_padding=True (masking expects the words first)")

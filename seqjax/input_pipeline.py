@@ -126,12 +126,54 @@ def _read(source, limit: int) -> tuple[list[list[str]], np.ndarray]:
   return tokens, labels
 
 
+def _read_groups_file(path: str) -> str:
+  try:
+    with open(path) as f:
+      return f.read()
+  except OSError as e:
+    raise DataError(f"Cannot read validation_groups={path!r} ({e.strerror}). Give a text file "
+                    "with one group id per training example, or '' for a random "
+                    "validation split.") from e
+
+
+def _read_groups(path: str, num_examples: int) -> np.ndarray:
+  """(num_examples,) group ids, one per line of `path`."""
+  groups = np.array(_read_groups_file(path).splitlines())
+  if len(groups) != num_examples:
+    raise DataError(f"validation_groups={path!r} has {len(groups)} lines but the training "
+                    f"split has {num_examples} examples: it needs one group id per training "
+                    "example, in the dataset's order.")
+  return groups
+
+
+def validation_examples(num_examples: int, size: int, groups_file: str = "") -> np.ndarray:
+  """Sorted indices of the training examples held out for validation.
+
+  `size` examples at random; or, with `groups_file`, whole groups at random until there are
+  `size` examples or more, so that no group is on both sides. Fixed by VALIDATION_SPLIT_SEED.
+  """
+  rng = np.random.default_rng(VALIDATION_SPLIT_SEED)
+  if not groups_file:
+    return np.sort(rng.permutation(num_examples)[:size])
+  _, group_of = np.unique(_read_groups(groups_file, num_examples), return_inverse=True)
+  order = rng.permutation(group_of.max() + 1)
+  needed = int(np.searchsorted(np.cumsum(np.bincount(group_of)[order]), size)) + 1
+  held_out = np.flatnonzero(np.isin(group_of, order[:needed]))
+  if len(held_out) == num_examples:
+    raise DataError(f"validation_size={size} takes every group of {groups_file}, leaving no "
+                    "training examples; use a smaller value.")
+  return held_out
+
+
 def _cache_key(config: ml_collections.ConfigDict, data_dir: str) -> str:
   keyed = {k: config[k] for k in ("dataset", "train_split", "eval_split", "top_words",
                                   "max_length", "padding", "truncating", "max_train_examples",
                                   "max_eval_examples", "validation_size")}
   keyed.update(data_dir=os.path.abspath(data_dir), encoding_version=ENCODING_VERSION,
                validation_split_seed=VALIDATION_SPLIT_SEED)
+  if config.validation_size and config.validation_groups:
+    keyed["validation_groups"] = hashlib.sha256(
+        _read_groups_file(config.validation_groups).encode()).hexdigest()
   return hashlib.sha256(json.dumps(keyed, sort_keys=True).encode()).hexdigest()[:20]
 
 
@@ -142,8 +184,8 @@ def _encode(config: ml_collections.ConfigDict, sources: dict) -> dict[str, np.nd
     if config.validation_size >= len(train_labels):
       raise DataError(f"validation_size={config.validation_size} leaves no training examples "
                       f"out of {len(train_labels)}; use a smaller value.")
-    order = np.random.default_rng(VALIDATION_SPLIT_SEED).permutation(len(train_labels))
-    validation_index = np.sort(order[:config.validation_size])
+    validation_index = validation_examples(len(train_labels), config.validation_size,
+                                           config.validation_groups)
   train_index = np.setdiff1d(np.arange(len(train_labels)), validation_index)
   if config.max_train_examples:
     train_index = train_index[:config.max_train_examples]

@@ -45,6 +45,47 @@ def test_vocabulary_comes_from_training_examples_only(tiny_data_dir, tmp_path):
   assert train_ids >= set(range(3, 3 + len(data.vocabulary.words)))
 
 
+def test_random_validation_split_is_the_one_earlier_runs_were_chosen_on():
+  expected = np.sort(np.random.default_rng(0).permutation(1000)[:100])
+  np.testing.assert_array_equal(input_pipeline.validation_examples(1000, 100), expected)
+
+
+def test_grouped_validation_split_holds_out_whole_groups(tmp_path):
+  groups = np.random.default_rng(1).integers(0, 60, 1000).astype(str)
+  (tmp_path / "groups.txt").write_text("\n".join(groups) + "\n")
+  held_out = input_pipeline.validation_examples(1000, 100, str(tmp_path / "groups.txt"))
+  assert len(held_out) >= 100 and len(held_out) < 100 + 40  # Groups hold ~17 examples.
+  kept = np.setdiff1d(np.arange(1000), held_out)
+  assert not set(groups[held_out]) & set(groups[kept])
+  # The same split every time.
+  np.testing.assert_array_equal(
+      held_out, input_pipeline.validation_examples(1000, 100, str(tmp_path / "groups.txt")))
+
+
+def test_grouped_validation_split_is_loaded_and_cached_apart(tiny_data_dir, tmp_path):
+  groups = tmp_path / "groups.txt"
+  groups.write_text("".join(f"movie{i // 10}\n" for i in range(200)))
+  random = input_pipeline.load_data(make_config(tiny_data_dir, tmp_path, validation_size=25))
+  grouped = input_pipeline.load_data(make_config(tiny_data_dir, tmp_path, validation_size=25,
+                                                 validation_groups=str(groups)))
+  assert len(random.validation) == 25 and len(grouped.validation) == 30  # 3 groups of 10.
+  assert len(grouped.train) == 170
+  assert len(glob.glob(str(tmp_path / "cache" / "*.npz"))) == 2
+
+
+@pytest.mark.parametrize("content, problem", [
+    (None, "Cannot read validation_groups"),
+    ("a\nb\n", "has 2 lines but the training split has 200 examples"),
+])
+def test_bad_validation_groups_file_is_a_clear_error(tiny_data_dir, tmp_path, content, problem):
+  path = tmp_path / "groups.txt"
+  if content is not None:
+    path.write_text(content)
+  with pytest.raises(DataError, match=problem):
+    input_pipeline.load_data(make_config(tiny_data_dir, tmp_path, validation_size=25,
+                                         validation_groups=str(path)))
+
+
 def test_max_examples_limit_the_splits(tiny_data_dir, tmp_path):
   data = input_pipeline.load_data(make_config(tiny_data_dir, tmp_path, max_train_examples=20,
                                               max_eval_examples=7))

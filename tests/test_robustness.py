@@ -200,6 +200,7 @@ def test_real_full_disk_stops_with_a_clear_error_and_the_previous_checkpoint_res
     ("lstm_dropout", 1.0, "use a rate in [0, 1)"),
     ("embedding_dropout", -0.1, "use a rate in [0, 1)"),
     ("word_dropout", 1.0, "use a rate in [0, 1)"),
+    ("validation_groups", "movies.txt", "it needs validation_size > 0"),
     ("max_length", 0, "use an integer >= 1"),
     ("top_words", 3, "use >= 4 (ids 0-2 are reserved for padding, start and out-of-vocabulary)"),
     ("batch_size", 0, "use an integer >= 1"),
