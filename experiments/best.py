@@ -10,6 +10,8 @@
    points, so differences that small are noted as such.
 2. Report: configs/best.py with 3 seeds; each evaluates the test split once, on its best
    validation epoch.
+3. With --movies (written by experiments/imdb_movies.py), configs/best.py once more, seed 7,
+   with a validation split of held-out movies, to compare its validation accuracy with test's.
 
 Each run is `python -m seqjax.main` in a fresh process; finished runs are read, not trained
 again. Writes experiments/results/best.md (the selection table, which doubles as the
@@ -27,6 +29,8 @@ from common import RESULTS, ROOT, launch, machine
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir_root", "runs/best", "Folder for the runs' workdirs.")
 flags.DEFINE_list("seeds", ["7", "8", "9"], "Seeds of the final runs.")
+flags.DEFINE_string("movies", "", "If given, the file experiments/imdb_movies.py writes: "
+                    "configs/best.py is also run with a validation split of held-out movies.")
 
 BEST = ROOT / "configs" / "best.py"
 SELECTION = {"name": "selection", "seed": 7, "evaluate_test": "never"}
@@ -104,6 +108,18 @@ def main(argv):
         f"{100 * r['test_accuracy']:.2f} | {r['test_loss']:.4f} | {r['train_seconds']:.0f} |"
         for seed, r in zip(FLAGS.seeds, finals, strict=True)),
   ]) + "\n"
+  if FLAGS.movies:
+    r = run("by_movie_seed_7", {"seed": 7, "validation_groups": FLAGS.movies})
+    per_epoch = " / ".join(f"{100 * e['validation_accuracy']:.2f}" for e in r["epochs"])
+    text += "\n".join([
+        "", "## The same with a validation split of held-out movies (seed 7)", "",
+        f"`--config.validation_groups` = the movie of each training review: "
+        f"{r['num_validation_examples']:,} validation reviews, none of a movie the "
+        f"{r['num_train_examples']:,} training reviews cover.", "",
+        "| best epoch (validation) | validation accuracy % per epoch | test accuracy % |",
+        "|---|---|---|",
+        f"| {r['best_epoch']} | {per_epoch} | {100 * r['test_accuracy']:.2f} |",
+    ]) + "\n"
   (RESULTS / "best.md").write_text(text)
   print(text)
 
