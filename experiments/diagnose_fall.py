@@ -12,11 +12,13 @@ dropout on (one mask per review, as in a training step); all but the recurrent d
 the recurrent dropout; and the mean probability over `--samples` dropout masks.
 
 Then the last epoch is trained again from the checkpoint before it, with the run's own batch
-order and dropout masks (both are functions of the seed and step), logging each step's batch
-loss and the size of its parameter update, and every `--probe_every` steps the accuracy of the
-first `--examples` training reviews with dropout off. Prints markdown tables.
+order and dropout masks (both are functions of the seed and step; see `train.run_keys`),
+logging each step's batch loss and the size of its parameter update, and every
+`--probe_every` steps the accuracy of the first `--examples` training reviews with dropout
+off. Prints markdown tables.
 """
 
+import functools
 import os
 
 from absl import app, flags
@@ -36,6 +38,22 @@ flags.DEFINE_integer("samples", 8, "Dropout masks averaged for the 'mean over ma
 flags.DEFINE_integer("probe_every", 25, "Steps between accuracy probes in the replay; 0: none.")
 
 
+@functools.partial(jax.jit, static_argnames=("model", "dropout"))
+def _probabilities(model, params, inputs, rng, dropout: bool):
+  return jax.nn.sigmoid(model.apply({"params": params}, inputs, train=dropout,
+                                    rngs={"dropout": rng}))
+
+
+def probabilities(model, params, inputs: np.ndarray, dropout: bool = False,
+                  seed: int = 0) -> np.ndarray:
+  """(N,) P(positive) of `inputs` (N, T), read in chunks of 250; with `dropout` on, one mask
+  per review drawn from `seed`."""
+  return np.concatenate([
+      np.asarray(_probabilities(model, params, jnp.asarray(inputs[i:i + 250]),
+                                jax.random.PRNGKey(seed + i), dropout=dropout))
+      for i in range(0, len(inputs), 250)])
+
+
 def accuracies(config, params, split: input_pipeline.Split, samples: int) -> dict[str, float]:
   """Accuracy (%) of `split` under each way of reading it."""
   def model_with(**rates):
@@ -53,17 +71,10 @@ def accuracies(config, params, split: input_pipeline.Split, samples: int) -> dic
   labels = split.labels
   found = {}
   for name, (model, dropout) in ways.items():
-    @jax.jit
-    def probabilities(inputs, rng, model=model, dropout=dropout):
-      logits = model.apply({"params": params}, inputs, train=dropout, rngs={"dropout": rng})
-      return jax.nn.sigmoid(logits)
-
     draws = samples if name == "all dropout on" else 1
     mean = np.zeros(len(split), np.float32)
     for sample in range(draws):
-      out = np.concatenate([np.asarray(probabilities(jnp.asarray(split.inputs[i:i + 250]),
-                                                     jax.random.PRNGKey(1000 * sample + i)))
-                            for i in range(0, len(split), 250)])
+      out = probabilities(model, params, split.inputs, dropout, seed=1000 * sample)
       if sample == 0:
         found[name] = 100 * np.mean((out > 0.5) == labels)
       mean += out / draws
@@ -72,14 +83,11 @@ def accuracies(config, params, split: input_pipeline.Split, samples: int) -> dic
   return found
 
 
-def replay_last_epoch(config, data, checkpoints, steps: list[int], probe) -> list[str]:
+def replay_last_epoch(config, data, checkpoints, target, steps: list[int], probe) -> list[str]:
   """Table rows of the last epoch trained again from the checkpoint before it."""
-  steps_per_epoch = input_pipeline.num_batches(len(data.train), config.batch_size)
-  model = models.create_model(config)
-  target = train.create_train_state(config, model, jax.random.PRNGKey(0), steps_per_epoch)
   state, _ = checkpoints.restore(steps[-2], target, train.Metrics.empty())
-  dropout_rng = jax.random.split(jax.random.PRNGKey(config.seed))[1]
-  epoch = steps[-2] // steps_per_epoch
+  _, dropout_rng = train.run_keys(config.seed)
+  epoch = steps[-2] // input_pipeline.num_batches(len(data.train), config.batch_size)
   order = input_pipeline.train_order(data.train, config.batch_size, config.seed, epoch,
                                      bucketed=bool(config.bucket_width))
 
@@ -105,13 +113,16 @@ def replay_last_epoch(config, data, checkpoints, steps: list[int], probe) -> lis
 
 def main(argv):
   del argv
-  config = predict._read_config(FLAGS.run)
+  config = predict.read_config(FLAGS.run)
   data = input_pipeline.load_data(config)
   splits = {name: input_pipeline.Split(s.inputs[:FLAGS.examples], s.labels[:FLAGS.examples])
             for name, s in (("train", data.train), ("test", data.test))}
   directory = os.path.join(os.path.abspath(FLAGS.run), workdir_lib.CHECKPOINTS)
   checkpoints = ckpt.Checkpoints(directory, keep=100, create=False)
-  target = train.create_train_state(config, models.create_model(config), jax.random.PRNGKey(0))
+  model = models.create_model(config)
+  target = train.create_train_state(
+      config, model, jax.random.PRNGKey(0),
+      input_pipeline.num_batches(len(data.train), config.batch_size))
   steps = sorted(int(d) for d in os.listdir(directory) if d.isdigit())
   rows, header = [], None
   for step in steps:
@@ -122,15 +133,11 @@ def main(argv):
       rows.append(f"| {step} | {name} | " + " | ".join(f"{v:.1f}" for v in found.values()) + " |")
       print(rows[-1], flush=True)
   if FLAGS.probe_every:
-    probe = jax.jit(lambda params, inputs: models.create_model(config).apply(
-        {"params": params}, inputs))
-
     def probe_accuracy(params) -> float:
       split = splits["train"]
-      logits = np.concatenate([np.asarray(probe(params, split.inputs[i:i + 250]))
-                               for i in range(0, len(split), 250)])
-      return 100 * np.mean((logits > 0) == split.labels)
-    replay = replay_last_epoch(config, data, checkpoints, steps, probe_accuracy)
+      return 100 * np.mean((probabilities(model, params, split.inputs) > 0.5) == split.labels)
+
+    replay = replay_last_epoch(config, data, checkpoints, target, steps, probe_accuracy)
   checkpoints.close()
   print(f"\n{FLAGS.run}, first {FLAGS.examples} reviews of each split, accuracy %:\n")
   print("| step | split | " + " | ".join(header) + " |")

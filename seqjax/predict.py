@@ -35,7 +35,8 @@ from seqjax.errors import DataError  # noqa: E402
 LABELS = ("negative", "positive")
 
 
-def _read_config(workdir: str) -> ml_collections.ConfigDict:
+def read_config(workdir: str) -> ml_collections.ConfigDict:
+  """The config a finished run was trained with (keys added since then at their defaults)."""
   path = os.path.join(workdir, workdir_lib.CONFIG)
   try:
     with open(path) as f:
@@ -59,7 +60,7 @@ class Predictor:
     if not os.path.isdir(self.workdir):
       raise DataError(f"The workdir {self.workdir} does not exist. Pass the --workdir of a "
                       "finished `python -m seqjax.main` run.")
-    self.config = _read_config(self.workdir)
+    self.config = read_config(self.workdir)
     self.vocabulary = tokenizer.Vocabulary.load(os.path.join(self.workdir, workdir_lib.VOCABULARY))
     if self.vocabulary.top_words != self.config.top_words:
       raise DataError(f"vocabulary.json has top_words={self.vocabulary.top_words} but "

@@ -73,6 +73,12 @@ def create_train_state(config: ml_collections.ConfigDict, model: models.Classifi
                                        tx=create_optimizer(config, steps_per_epoch))
 
 
+def run_keys(seed: int) -> tuple[jax.Array, jax.Array]:
+  """A run's (parameter initialisation, dropout) keys: with the seed, they fix the run."""
+  init_rng, dropout_rng = jax.random.split(jax.random.PRNGKey(seed))
+  return init_rng, dropout_rng
+
+
 def _train_step(state: train_state.TrainState, batch: dict[str, jax.Array],
                 dropout_rng: jax.Array) -> tuple[train_state.TrainState, Metrics]:
   """One Adam step on the mean loss of the batch's real examples."""
@@ -225,7 +231,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   model = models.create_model(config)
   if is_main:
     print_summary(model, config)
-  init_rng, dropout_rng = jax.random.split(jax.random.PRNGKey(config.seed))
+  init_rng, dropout_rng = run_keys(config.seed)
   replicated = devices.replicated
   steps_per_epoch = input_pipeline.num_batches(len(data.train), config.batch_size)
   state = jax.device_put(create_train_state(config, model, init_rng, steps_per_epoch),
