@@ -51,7 +51,7 @@ def base_config() -> ml_collections.ConfigDict:
   config.evaluate_test = "every_epoch"
 
   # Model: Embedding -> [word dropout, Dropout] -> [Conv1D + MaxPool] -> (Bi)LSTM -> [pooling]
-  # -> [Dropout] -> Dense(1).
+  # -> [concatenated with a bag of n-grams] -> [Dropout] -> Dense(1).
   config.embedding_dim = 32
   config.embedding_dropout = 0.0  # Dropout layer after the embedding.
   config.word_dropout = 0.0  # Drops whole words: a word's embedding is zeroed, all of it.
@@ -67,6 +67,13 @@ def base_config() -> ml_collections.ConfigDict:
   # What the classifier reads: 'last' state (the tutorial), or 'max', 'mean' or 'max_mean'
   # of the top layer's states over the real steps.
   config.pooling = "last"
+  # A bag of n-grams beside the LSTM (models.NgramBag): the mean embedding of the review's
+  # 1..ngram_order-word n-grams, concatenated with what the LSTM gives the classifier.
+  # 0 = none (the tutorial). Words have their own rows; longer n-grams share the other
+  # ngram_buckets - top_words rows by hash.
+  config.ngram_order = 0
+  config.ngram_buckets = 2**20
+  config.ngram_dim = 32
   # Exact masking: padded steps leave the LSTM state unchanged, so a review's result does not
   # depend on its batch's padding. Needs padding='post' (the words first).
   config.mask_padding = False
@@ -132,7 +139,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _check(config.top_words >= 4, "top_words", config.top_words,
          "use >= 4 (ids 0-2 are reserved for padding, start and out-of-vocabulary)")
   for key in ("max_train_examples", "max_eval_examples", "validation_size", "conv_filters",
-              "checkpoint_every_steps", "bucket_width"):
+              "checkpoint_every_steps", "bucket_width", "ngram_order"):
     value = config[key]
     _check(isinstance(value, int) and value >= 0, key, value, "use an integer >= 0")
   for key in ("embedding_dropout", "word_dropout", "lstm_dropout", "lstm_recurrent_dropout",
@@ -167,6 +174,14 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if config.bucket_width:
     _check(config.mask_padding, "bucket_width", config.bucket_width,
            "bucketing needs mask_padding=True, else padding would change the results")
+  if config.ngram_order:
+    _check(isinstance(config.ngram_dim, int) and config.ngram_dim >= 1, "ngram_dim",
+           config.ngram_dim, "use an integer >= 1")
+    shared = 1 if config.ngram_order > 1 else 0
+    _check(isinstance(config.ngram_buckets, int)
+           and config.ngram_buckets >= config.top_words + shared, "ngram_buckets",
+           config.ngram_buckets, f"use at least top_words={config.top_words} rows, plus at "
+           "least one for the n-grams of two or more words")
   if config.conv_filters:
     _check(config.max_length >= config.pool_size, "pool_size", config.pool_size,
            f"use at most max_length={config.max_length}")

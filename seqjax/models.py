@@ -276,9 +276,49 @@ def pool_over_time(states: Array, mask: Array | None, pooling: str) -> Array:
   return jnp.concatenate(pooled, axis=-1)
 
 
+# Multiplier of the polynomial hash that gives each n-gram of two or more words its bucket.
+NGRAM_HASH = 1_000_003
+
+
+class NgramBag(nn.Module):
+  """The mean embedding of a review's n-grams (a fastText-style bag): (B, T) ids -> (B, dim).
+
+  Every run of 1..order consecutive real ids (not padding) counts once, wherever the padding
+  is. Each word of the vocabulary has its own row; n-grams of two or more words share the
+  other `buckets - vocab_size` rows by hash. Word order enters only within an n-gram, so the
+  bag complements the LSTM's long-range reading with exact local phrases ("not good").
+  """
+
+  vocab_size: int
+  order: int
+  buckets: int
+  dim: int
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, tokens: Array) -> Array:
+    real = tokens != PAD_ID
+    ids, valid = [tokens], [real]
+    code, ok = tokens.astype(jnp.uint32), real
+    for n in range(1, self.order):
+      following = jnp.pad(tokens[:, n:], ((0, 0), (0, n)), constant_values=PAD_ID)
+      code = code * jnp.uint32(NGRAM_HASH) + following.astype(jnp.uint32)  # Wraps mod 2^32.
+      ok = ok & (following != PAD_ID)
+      shared = jnp.uint32(self.buckets - self.vocab_size)
+      ids.append(self.vocab_size + (code % shared).astype(jnp.int32))
+      valid.append(ok)
+    ids, valid = jnp.concatenate(ids, axis=1), jnp.concatenate(valid, axis=1)
+    rows = self.buckets if self.order > 1 else self.vocab_size
+    x = nn.Embed(rows, self.dim, embedding_init=keras_embedding_init, dtype=self.dtype,
+                 name="embedding")(ids)
+    count = jnp.maximum(jnp.sum(valid, axis=1, keepdims=True), 1).astype(x.dtype)
+    return jnp.sum(jnp.where(valid[..., None], x, 0), axis=1) / count
+
+
 class Classifier(nn.Module):
   """Embedding -> [word dropout] -> [Dropout] -> [ConvFrontEnd] -> LSTM or Bidirectional
-  (x lstm_layers) -> [pooling over time] -> [Dropout] -> Dense(1).
+  (x lstm_layers) -> [pooling over time] -> [concatenated with an NgramBag] -> [Dropout]
+  -> Dense(1).
 
   Input token ids (B, T) int -> one logit per example (B,); sigmoid(logit) is P(positive).
   With `mask_padding`, the ids must be padded after the words ('post'): then a review's logit
@@ -302,6 +342,9 @@ class Classifier(nn.Module):
   output_dropout: float = 0.0
   lstm_layers: int = 1
   pooling: str = "last"
+  ngram_order: int = 0  # 0 = no NgramBag.
+  ngram_buckets: int = 0
+  ngram_dim: int = 0
   # Padding (id 0, after the words) leaves the LSTM state unchanged; see `LSTM`.
   mask_padding: bool = False
   # bfloat16 computes faster on accelerators; parameters and the optimizer stay float32.
@@ -331,6 +374,10 @@ class Classifier(nn.Module):
               name=f"{name}_{layer}" if layer else name)(x, mask, train=train)
     if self.pooling != "last":
       x = pool_over_time(x, mask, self.pooling)
+    if self.ngram_order:
+      bag = NgramBag(self.vocab_size, self.ngram_order, self.ngram_buckets, self.ngram_dim,
+                     dtype=self.dtype, name="ngram_bag")(tokens)
+      x = jnp.concatenate([x, bag.astype(x.dtype)], axis=-1)
     if self.output_dropout:
       x = nn.Dropout(self.output_dropout, deterministic=not train, name="output_dropout")(x)
     logits = nn.Dense(1, kernel_init=glorot_uniform, dtype=self.dtype, name="dense")(x)
@@ -354,6 +401,9 @@ def create_model(config: ml_collections.ConfigDict) -> Classifier:
       output_dropout=config.output_dropout,
       lstm_layers=config.lstm_layers,
       pooling=config.pooling,
+      ngram_order=config.ngram_order,
+      ngram_buckets=config.ngram_buckets,
+      ngram_dim=config.ngram_dim,
       mask_padding=config.mask_padding,
       dtype=jnp.dtype(config.compute_dtype),
   )

@@ -153,7 +153,8 @@ def test_conv_front_end_is_same_padded_relu_conv_then_max_pool():
   np.testing.assert_allclose(out, want, atol=1e-5)
 
 
-BEYOND_TUTORIAL = {"lstm_layers": 2, "pooling": "max_mean"}
+BEYOND_TUTORIAL = {"lstm_layers": 2, "pooling": "max_mean", "ngram_order": 2,
+                   "ngram_buckets": 6000}
 
 
 @pytest.mark.parametrize("name, extra", [(name, {}) for name in sorted(KERAS_PARAM_COUNTS)]
@@ -239,3 +240,26 @@ def test_stacked_layers_feed_every_state_upwards():
   # Layer 2 reads layer 1's 2H = 200 features of every step.
   assert params["bidirectional_1"]["forward"]["kernel"].shape == (200, 400)
   assert models.count_params(params) == KERAS_PARAM_COUNTS["bilstm"] + 2 * (200 + 100 + 1) * 400
+
+
+def test_ngram_bag_is_the_mean_over_every_real_ngram_once():
+  """With one-hot rows, the bag of [5 6 5 6] + padding is its n-gram histogram / 7."""
+  tokens = np.array([[5, 6, 5, 6, 0, 0, 0]])
+  bag = models.NgramBag(vocab_size=10, order=2, buckets=1000, dim=1000)
+  params = {"embedding": {"embedding": jnp.eye(1000)}}
+  counts = 7 * np.asarray(bag.apply({"params": params}, tokens))[0]
+  np.testing.assert_allclose(counts[[5, 6]], [2, 2], atol=1e-5)  # Words have their own rows.
+  # Bigrams "5 6" (twice) and "6 5" (once) hash to two shared rows; none touches the padding.
+  np.testing.assert_allclose(sorted(counts[10:][counts[10:] > 0.5]), [1, 2], atol=1e-5)
+  assert counts.sum() == pytest.approx(7, abs=1e-4)
+  # Padding before the words gives the same bag.
+  pre_padded = np.array([[0, 0, 0, 5, 6, 5, 6]])
+  np.testing.assert_allclose(7 * bag.apply({"params": params}, pre_padded)[0], counts, atol=1e-5)
+
+
+def test_ngram_bag_is_concatenated_with_the_pooled_states():
+  config = load_config("bilstm")
+  config.update(pooling="max", ngram_order=3, ngram_buckets=6000, ngram_dim=8, max_length=12)
+  params = init(models.create_model(config), jnp.zeros((1, 12), jnp.int32))
+  assert params["ngram_bag"]["embedding"]["embedding"].shape == (6000, 8)
+  assert params["dense"]["kernel"].shape == (200 + 8, 1)

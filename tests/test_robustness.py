@@ -213,6 +213,7 @@ def test_real_full_disk_stops_with_a_clear_error_and_the_previous_checkpoint_res
     ("bucket_width", 50, "bucketing needs mask_padding=True, else padding would change the "
                          "results"),
     ("lstm_layers", 0, "use an integer >= 1"),
+    ("ngram_order", -1, "use an integer >= 0"),
     ("pooling", "sum", "use one of 'last', 'max', 'mean', 'max_mean'"),
     ("learning_rate_schedule", "linear", "use 'constant' or 'cosine'"),
     ("gradient_clip_norm", -1.0, "use a norm > 0, or 0 for no clipping"),
