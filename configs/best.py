@@ -1,9 +1,11 @@
-"""Beyond the tutorial: a masked, bucketed Conv1D + BiLSTM over a larger vocabulary, pooled over
-time, with word dropout.
+"""Beyond the tutorial: a masked, bucketed Conv1D + BiLSTM(200) over reviews of up to 800 words,
+pooled over time, with word dropout.
 
 Trained on the 25,000 labelled reviews only. The choices below were made on a validation split
-carved from the training set (experiments/best.py; its log is experiments/results/best.md);
-the test split is evaluated once, on the checkpoint of the best epoch on validation.
+of held-out movies carved from the training set (experiments/best.py; its log is
+experiments/results/best.md); the test split is evaluated once, on the checkpoint of the best
+epoch on validation. Give the split as `--config.validation_groups=<file>` (written by
+experiments/imdb_movies.py); without it, validation is a random 2,500 training reviews.
 """
 
 from seqjax import config as config_lib
@@ -12,7 +14,7 @@ from seqjax import config as config_lib
 def get_config():
   config = config_lib.base_config()
   config.name = "best"
-  config.top_words = 20000
+  config.top_words = 5000
   config.max_length = 800
   config.padding = "post"
   config.mask_padding = True
@@ -21,6 +23,7 @@ def get_config():
   config.word_dropout = 0.3
   config.embedding_dropout = 0.3
   config.conv_filters = 64
+  config.lstm_units = 200
   config.bidirectional = True
   config.pooling = "max_mean"
   config.output_dropout = 0.5

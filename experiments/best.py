@@ -40,16 +40,29 @@ flags.mark_flag_as_required("movies")
 
 BEST = ROOT / "configs" / "best.py"
 SELECTION = {"name": "selection", "seed": 7, "evaluate_test": "never"}
-# (run name, how it differs from configs/best.py, config overrides over configs/best.py).
+# (run name, how it differs from configs/best.py, config overrides over configs/best.py), in
+# the order they were tried: from the first search's choice (20,000 words, BiLSTM(100)), the
+# vocabulary first, then what might add to the 5,000-word model, then capacity.
+FIRST_CHOICE = {"top_words": 20000, "lstm_units": 100}
 TRIALS = [
-    ("first_try", "no Conv1D, no word dropout, output dropout 0.3, 6 epochs: the first "
-     "config tried", {"conv_filters": 0, "word_dropout": 0.0, "output_dropout": 0.3,
-                      "num_epochs": 6}),
-    ("no_conv", "no Conv1D front end", {"conv_filters": 0}),
-    ("no_conv_word_dropout_0.5", "no Conv1D front end, word dropout 0.5",
-     {"conv_filters": 0, "word_dropout": 0.5}),
-    ("no_conv_vocabulary_40k", "no Conv1D front end, 40,000 words, reviews up to 1,000 words",
-     {"conv_filters": 0, "top_words": 40000, "max_length": 1000}),
+    ("units_100_vocabulary_20k", "20,000 words, BiLSTM(100): the first search's choice",
+     FIRST_CHOICE),
+    ("units_100_vocabulary_20k_word_dropout_0.5", "the first choice with word dropout 0.5",
+     {**FIRST_CHOICE, "word_dropout": 0.5}),
+    ("units_100_vocabulary_20k_embedding_128", "the first choice with embeddings of 128",
+     {**FIRST_CHOICE, "embedding_dim": 128}),
+    ("units_100_vocabulary_20k_bigrams", "the first choice with a bag of words and bigrams",
+     {**FIRST_CHOICE, "ngram_order": 2}),
+    ("units_100_vocabulary_10k", "10,000 words, BiLSTM(100)",
+     {"top_words": 10000, "lstm_units": 100}),
+    ("units_100_vocabulary_3k", "3,000 words, BiLSTM(100)", {"top_words": 3000, "lstm_units": 100}),
+    ("units_100", "BiLSTM(100)", {"lstm_units": 100}),
+    ("units_100_no_conv", "BiLSTM(100), no Conv1D front end",
+     {"lstm_units": 100, "conv_filters": 0}),
+    ("units_100_bigrams", "BiLSTM(100) with a bag of words and bigrams (ngram_order=2)",
+     {"lstm_units": 100, "ngram_order": 2}),
+    ("units_100_layers_2", "two stacked BiLSTM(100) layers", {"lstm_units": 100, "lstm_layers": 2}),
+    ("embedding_128", "embeddings of 128", {"embedding_dim": 128}),
 ]
 
 
