@@ -42,7 +42,7 @@ BEST = ROOT / "configs" / "best.py"
 SELECTION = {"name": "selection", "seed": 7, "evaluate_test": "never"}
 # (run name, how it differs from configs/best.py, config overrides over configs/best.py), in
 # the order they were tried: from the first search's choice (20,000 words, BiLSTM(100)), the
-# vocabulary first, then what might add to the 5,000-word model, then capacity.
+# vocabulary first, then what might add to the 5,000-word model, then capacity, then length.
 FIRST_CHOICE = {"top_words": 20000, "lstm_units": 100}
 TRIALS = [
     ("units_100_vocabulary_20k", "20,000 words, BiLSTM(100): the first search's choice",
@@ -63,6 +63,8 @@ TRIALS = [
      {"lstm_units": 100, "ngram_order": 2}),
     ("units_100_layers_2", "two stacked BiLSTM(100) layers", {"lstm_units": 100, "lstm_layers": 2}),
     ("embedding_128", "embeddings of 128", {"embedding_dim": 128}),
+    ("max_length_1200", "reviews up to 1,200 words", {"max_length": 1200}),
+    ("epochs_7", "7 epochs (the cosine decay over 7)", {"num_epochs": 7}),
 ]
 
 
