@@ -11,8 +11,10 @@ framework uses every core (JAX by default; TensorFlow and PyTorch are told so). 
 (TensorFlow backend, with and without XLA) and PyTorch, the peers include "flax": the
 straightforward Flax model (nn.RNN over nn.OptimizedLSTMCell). seqjax runs with the malloc
 settings its commands use (seqjax/cli.py); every peer is timed with and without them and keeps
-its better figures. Prints a table and the ratios of seqjax to the best other framework, and
-writes JSON with every measurement.
+its better figures. "seqjax_2dev" is seqjax with the CPU split into two XLA devices (the batch
+split over the cores); it is shown beside seqjax, as an option, not counted as either. Prints
+a table and the ratios of seqjax to the best other framework, and writes JSON with every
+measurement.
 """
 
 import json
@@ -34,8 +36,13 @@ TRAIN_BATCH, INFER_BATCH, LENGTH, VOCAB = 64, 256, 500, 5000
 # seqjax's commands run with its malloc settings (seqjax/cli.py). They speed up other
 # frameworks too (PyTorch most), so each other framework is timed both ways and keeps its best.
 MALLOC_ENVS = {"default": {}, "seqjax": FAST_MALLOC}
-MALLOCS = {"seqjax": ["seqjax"], "flax": ["default", "seqjax"], "keras": ["default", "seqjax"],
-           "keras_xla": ["default", "seqjax"], "torch": ["default", "seqjax"]}
+# seqjax_2dev: seqjax with the CPU split into one XLA device per core (data parallel over the
+# cores, as train.py runs on several devices). Not what seqjax's commands do by default, so it
+# is shown beside seqjax, not counted as seqjax or as a peer.
+FRAMEWORK_ENVS = {"seqjax_2dev": {"XLA_FLAGS": "--xla_force_host_platform_device_count=2"}}
+MALLOCS = {"seqjax": ["seqjax"], "seqjax_2dev": ["seqjax"], "flax": ["default", "seqjax"],
+           "keras": ["default", "seqjax"], "keras_xla": ["default", "seqjax"],
+           "torch": ["default", "seqjax"]}
 
 
 def _timed(fn, steps: int) -> tuple[float, float]:
@@ -65,14 +72,21 @@ def measure_seqjax(model_name: str, steps: int) -> dict:
   import numpy as np
 
   from seqjax import config as config_lib
-  from seqjax import models, train
+  from seqjax import models, parallel, train
   config = config_lib.from_file(ROOT / "configs" / f"{model_name}.py")
   inputs, labels, infer = _batches()
   model = models.create_model(config)
-  state = train.create_train_state(config, model, jax.random.PRNGKey(0))
-  step = jax.jit(train._train_step, donate_argnums=0)
-  batch = {"inputs": inputs, "labels": labels, "mask": np.ones(TRAIN_BATCH, np.float32)}
-  rng = jax.random.PRNGKey(1)
+  # As train.py runs it: the batch split over every device, the rest replicated.
+  devices = parallel.DataParallel.over_all_devices()
+  state = jax.device_put(train.create_train_state(config, model, jax.random.PRNGKey(0)),
+                         devices.replicated)
+  step = jax.jit(train._train_step, donate_argnums=0,
+                 in_shardings=(devices.replicated, devices.sharded, devices.replicated),
+                 out_shardings=devices.replicated)
+  batch = devices.put_batch({"inputs": inputs, "labels": labels,
+                             "mask": np.ones(TRAIN_BATCH, np.float32)})
+  infer = devices.put_batch({"inputs": infer})["inputs"]
+  rng = jax.device_put(jax.random.PRNGKey(1), devices.replicated)
   holder = {"state": state}
 
   def train_once():
@@ -268,7 +282,7 @@ def measure_torch(model_name: str, steps: int) -> dict:
 
 def run_one(framework: str, model_name: str, steps: int) -> dict:
   """Measures one (framework, model) pair in this process."""
-  if framework == "seqjax":
+  if framework in ("seqjax", "seqjax_2dev"):
     out = measure_seqjax(model_name, steps)
   elif framework == "flax":
     out = measure_flax_reference(model_name, steps)
@@ -285,15 +299,16 @@ def run_one(framework: str, model_name: str, steps: int) -> dict:
 
 
 def available(framework: str) -> bool:
-  module = {"seqjax": "jax", "flax": "flax", "keras": "keras", "keras_xla": "keras",
-            "torch": "torch"}[framework]
+  module = {"seqjax": "jax", "seqjax_2dev": "jax", "flax": "flax", "keras": "keras",
+            "keras_xla": "keras", "torch": "torch"}[framework]
   return subprocess.run([sys.executable, "-c", f"import {module}"],
                         capture_output=True).returncode == 0
 
 
 def main() -> None:
   from absl import app, flags
-  flags.DEFINE_list("frameworks", ["seqjax", "flax", "keras", "keras_xla", "torch"],
+  flags.DEFINE_list("frameworks", ["seqjax", "seqjax_2dev", "flax", "keras", "keras_xla",
+                                   "torch"],
                     "What to time.")
   flags.DEFINE_list("models", MODELS, "Tutorial models to time.")
   flags.DEFINE_integer("steps", 20, "Timed calls per measurement (after one warm-up call).")
@@ -321,7 +336,8 @@ def main() -> None:
     for model_name in FLAGS.models:
       for framework, malloc in [(f, m) for f in frameworks for m in MALLOCS[f]]:
         env = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}
-        env.update({"TF_CPP_MIN_LOG_LEVEL": "2", **MALLOC_ENVS[malloc]})
+        env.update({"TF_CPP_MIN_LOG_LEVEL": "2", **MALLOC_ENVS[malloc],
+                    **FRAMEWORK_ENVS.get(framework, {})})
         result = subprocess.run(
             [sys.executable, __file__, f"--one={framework},{model_name}",
              f"--steps={FLAGS.steps}"], env=env, capture_output=True, text=True, cwd=ROOT)
@@ -361,7 +377,7 @@ def table(rows: list[dict]) -> str:
     by = {f: r for (m, f), r in best.items() if m == model_name}
     cells = [f"{by[f]['train_examples_per_second']:.0f} / {by[f]['infer_examples_per_second']:.0f}"
              if f in by else "—" for f in frameworks]
-    others = [r for f, r in by.items() if f != "seqjax"]
+    others = [r for f, r in by.items() if not f.startswith("seqjax")]
     ratio = "—"
     if "seqjax" in by and others:
       best_train = max(r["train_examples_per_second"] for r in others)
