@@ -300,19 +300,18 @@ class NgramBag(nn.Module):
     real = tokens != PAD_ID
     ids, valid = [tokens], [real]
     code, ok = tokens.astype(jnp.uint32), real
+    shared = jnp.uint32(self.buckets - self.vocab_size)
     for n in range(1, self.order):
       following = jnp.pad(tokens[:, n:], ((0, 0), (0, n)), constant_values=PAD_ID)
       code = code * jnp.uint32(NGRAM_HASH) + following.astype(jnp.uint32)  # Wraps mod 2^32.
       ok = ok & (following != PAD_ID)
-      shared = jnp.uint32(self.buckets - self.vocab_size)
       ids.append(self.vocab_size + (code % shared).astype(jnp.int32))
       valid.append(ok)
     ids, valid = jnp.concatenate(ids, axis=1), jnp.concatenate(valid, axis=1)
     rows = self.buckets if self.order > 1 else self.vocab_size
     x = nn.Embed(rows, self.dim, embedding_init=keras_embedding_init, dtype=self.dtype,
                  name="embedding")(ids)
-    count = jnp.maximum(jnp.sum(valid, axis=1, keepdims=True), 1).astype(x.dtype)
-    return jnp.sum(jnp.where(valid[..., None], x, 0), axis=1) / count
+    return pool_over_time(x, valid, "mean")
 
 
 class Classifier(nn.Module):
