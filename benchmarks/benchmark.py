@@ -80,9 +80,7 @@ def measure_seqjax(model_name: str, steps: int) -> dict:
   devices = parallel.DataParallel.over_all_devices()
   state = jax.device_put(train.create_train_state(config, model, jax.random.PRNGKey(0)),
                          devices.replicated)
-  step = jax.jit(train._train_step, donate_argnums=0,
-                 in_shardings=(devices.replicated, devices.sharded, devices.replicated),
-                 out_shardings=devices.replicated)
+  step = train.jit_train_step(devices)
   batch = devices.put_batch({"inputs": inputs, "labels": labels,
                              "mask": np.ones(TRAIN_BATCH, np.float32)})
   infer = devices.put_batch({"inputs": infer})["inputs"]

@@ -79,6 +79,14 @@ def run_keys(seed: int) -> tuple[jax.Array, jax.Array]:
   return init_rng, dropout_rng
 
 
+def jit_train_step(devices: parallel.DataParallel) -> Callable:
+  """`_train_step` jitted for `devices`: the batch split over them, the state and dropout key
+  replicated, the old state's buffers donated."""
+  return jax.jit(_train_step, donate_argnums=0,
+                 in_shardings=(devices.replicated, devices.sharded, devices.replicated),
+                 out_shardings=devices.replicated)
+
+
 def _train_step(state: train_state.TrainState, batch: dict[str, jax.Array],
                 dropout_rng: jax.Array) -> tuple[train_state.TrainState, Metrics]:
   """One Adam step on the mean loss of the batch's real examples."""
@@ -238,9 +246,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                          replicated)
   dropout_rng = jax.device_put(dropout_rng, replicated)
   num_params = models.count_params(state.params)
-  sharded_train_step = jax.jit(_train_step, donate_argnums=0,
-                               in_shardings=(replicated, devices.sharded, replicated),
-                               out_shardings=replicated)
+  sharded_train_step = jit_train_step(devices)
   sharded_eval_step = jax.jit(_eval_step, in_shardings=(replicated, devices.sharded),
                               out_shardings=replicated)
 
