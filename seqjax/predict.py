@@ -93,7 +93,7 @@ class Predictor:
       state, _ = checkpoints.restore(step, target, train.Metrics.empty())
     finally:
       checkpoints.close()
-    return which, step, state.params
+    return which, step, state.eval_params
 
   def encode(self, texts: Iterable[str | bytes]) -> np.ndarray:
     """(N, max_length) int32 ids, exactly as training encoded its reviews."""

@@ -64,13 +64,41 @@ def create_optimizer(config: ml_collections.ConfigDict,
   return optax.chain(optax.clip_by_global_norm(config.gradient_clip_norm), adam)
 
 
+class TrainState(train_state.TrainState):
+  """Flax's train state, with an exponential moving average of the parameters when
+  `ema_decay` > 0 (else `ema_params` is None and checkpoints hold what they always held).
+
+  The average is bias-corrected as Adam's moments are: after step t it weighs the parameters
+  of step s <= t by (1 - d) d^(t-s) / (1 - d^t), so it is never pulled towards the
+  initialisation, even early in training.
+  """
+  ema_params: Any = None
+  ema_decay: float = flax.struct.field(pytree_node=False, default=0.0)
+
+  def apply_gradients(self, *, grads: Any, **kwargs) -> "TrainState":
+    new = super().apply_gradients(grads=grads, **kwargs)
+    if self.ema_params is None:
+      return new
+    d = self.ema_decay
+    weight = (1 - d) / (1 - jnp.power(d, new.step.astype(jnp.float32)))
+    return new.replace(ema_params=optax.incremental_update(new.params, self.ema_params, weight))
+
+  @property
+  def eval_params(self) -> Any:
+    """What evaluation and prediction use: the moving average, if there is one."""
+    return self.params if self.ema_params is None else self.ema_params
+
+
 def create_train_state(config: ml_collections.ConfigDict, model: models.Classifier,
-                       rng: jax.Array, steps_per_epoch: int = 1) -> train_state.TrainState:
+                       rng: jax.Array, steps_per_epoch: int = 1) -> TrainState:
   """Fresh parameters and optimizer state. `steps_per_epoch` sets a schedule's length."""
   dummy = jnp.zeros((1, config.max_length), jnp.int32)
   params = model.init({"params": rng}, dummy, train=False)["params"]
-  return train_state.TrainState.create(apply_fn=model.apply, params=params,
-                                       tx=create_optimizer(config, steps_per_epoch))
+  # A copy: the average must not share buffers with the parameters, which steps donate.
+  ema_params = jax.tree_util.tree_map(jnp.array, params) if config.ema_decay else None
+  return TrainState.create(apply_fn=model.apply, params=params,
+                           tx=create_optimizer(config, steps_per_epoch),
+                           ema_params=ema_params, ema_decay=config.ema_decay)
 
 
 def run_keys(seed: int) -> tuple[jax.Array, jax.Array]:
@@ -87,8 +115,8 @@ def jit_train_step(devices: parallel.DataParallel) -> Callable:
                  out_shardings=devices.replicated)
 
 
-def _train_step(state: train_state.TrainState, batch: dict[str, jax.Array],
-                dropout_rng: jax.Array) -> tuple[train_state.TrainState, Metrics]:
+def _train_step(state: TrainState, batch: dict[str, jax.Array],
+                dropout_rng: jax.Array) -> tuple[TrainState, Metrics]:
   """One Adam step on the mean loss of the batch's real examples."""
   rng = jax.random.fold_in(dropout_rng, state.step)  # A pure function of the step: resumable.
 
@@ -103,8 +131,8 @@ def _train_step(state: train_state.TrainState, batch: dict[str, jax.Array],
   return state, batch_metrics(logits, batch["labels"], batch["mask"])
 
 
-def _eval_step(state: train_state.TrainState, batch: dict[str, jax.Array]) -> Metrics:
-  logits = state.apply_fn({"params": state.params}, batch["inputs"], train=False)
+def _eval_step(state: TrainState, batch: dict[str, jax.Array]) -> Metrics:
+  logits = state.apply_fn({"params": state.eval_params}, batch["inputs"], train=False)
   return batch_metrics(logits, batch["labels"], batch["mask"])
 
 
@@ -113,7 +141,7 @@ train_step = jax.jit(_train_step)
 eval_step = jax.jit(_eval_step)
 
 
-def evaluate(state: train_state.TrainState, split: input_pipeline.Split, batch_size: int,
+def evaluate(state: TrainState, split: input_pipeline.Split, batch_size: int,
              bucket_width: int = 0, step: Callable = eval_step,
              put_batch: Callable = lambda batch: batch) -> dict[str, float]:
   """Loss and accuracy over every example of `split`, each counted once."""
@@ -158,7 +186,7 @@ def _check_finite(first_bad_step: jax.Array, checkpoints: ckpt.Checkpoints) -> N
         "--config.learning_rate, or check the data.")
 
 
-def _evaluate_splits(state: train_state.TrainState, splits: dict[str, input_pipeline.Split],
+def _evaluate_splits(state: TrainState, splits: dict[str, input_pipeline.Split],
                      config: ml_collections.ConfigDict, step: Callable,
                      put_batch: Callable) -> dict[str, float]:
   """<split>_loss and <split>_accuracy of each split, and the seconds they took."""

@@ -158,3 +158,18 @@ def test_bucketed_model_predicts_each_text_as_if_alone(tiny_data_dir, tmp_path):
   together = predictor.predict(texts)
   alone = np.concatenate([predictor.predict([t]) for t in texts])
   np.testing.assert_allclose(together, alone, atol=1e-6)
+
+
+def test_run_with_a_moving_average_predicts_with_the_average(tiny_data_dir, tmp_path):
+  """The test loss computed from predict's probabilities is the one training reported: the
+  averaged parameters', which differ from the last step's."""
+  config = config_lib.base_config()
+  config.update(tiny_overrides(tiny_data_dir, tmp_path / "cache"), num_epochs=2,
+                ema_decay=0.9, log_every_steps=1000)
+  results = train.train_and_evaluate(config, str(tmp_path / "run"))
+  test = tfds.data_source("tiny_reviews", data_dir=tiny_data_dir, download=False)["test"]
+  records = [test[i] for i in range(len(test))]
+  p = seqjax.load(str(tmp_path / "run")).predict([r["text"] for r in records]).astype(np.float64)
+  labels = np.array([r["label"] for r in records])
+  loss = -np.mean(np.where(labels == 1, np.log(p), np.log1p(-p)))
+  assert loss == pytest.approx(results["test_loss"], abs=1e-5)

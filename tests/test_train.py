@@ -210,6 +210,43 @@ def test_cosine_schedule_decays_to_zero_at_the_last_step():
   assert sizes[0] > sizes[5] > sizes[9] > 0 and sizes[10] == 0.0
 
 
+def test_moving_average_is_the_bias_corrected_average_of_every_steps_parameters():
+  config = config_lib.base_config()
+  config.update(top_words=20, max_length=6, embedding_dim=4, lstm_units=3, ema_decay=0.8)
+  state = train.create_train_state(config, models.create_model(config), jax.random.PRNGKey(0))
+  rng = np.random.default_rng(0)
+  split = input_pipeline.Split(rng.integers(3, 20, (8, 6)).astype(np.int32),
+                               rng.integers(0, 2, 8).astype(np.int32))
+  batch = next(input_pipeline.batches(split, 8, np.arange(8)))
+  trajectory = []
+  for _ in range(3):
+    state, _ = train.train_step(state, batch, jax.random.PRNGKey(1))
+    trajectory.append(state.params)
+  d, t = config.ema_decay, len(trajectory)
+  weights = [(1 - d) * d ** (t - s) / (1 - d ** t) for s in range(1, t + 1)]
+  expected = jax.tree_util.tree_map(lambda *p: sum(w * x for w, x in zip(weights, p, strict=True)),
+                                    *trajectory)
+  jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7),
+                         state.ema_params, expected)
+  # Evaluation reads the average, not the last step's parameters.
+  averaged = train.evaluate(state, split, 8)
+  assert averaged == train.evaluate(state.replace(params=state.ema_params, ema_params=None),
+                                    split, 8)
+  assert averaged["loss"] != train.evaluate(state.replace(ema_params=None), split, 8)["loss"]
+
+
+def test_moving_average_is_checkpointed_so_a_resumed_run_ends_the_same(tiny_data_dir, tmp_path):
+  def run(name, num_epochs):
+    config = tiny_config(tiny_data_dir, tmp_path, num_epochs=num_epochs, ema_decay=0.9)
+    return train.train_and_evaluate(config, str(tmp_path / name))
+
+  straight = run("straight", 2)
+  run("resumed", 1)
+  resumed = run("resumed", 2)
+  assert resumed["test_loss"] == straight["test_loss"]
+  assert resumed["test_accuracy"] == straight["test_accuracy"]
+
+
 def test_run_written_before_new_config_keys_still_resumes(tmp_path):
   """A config.json without keys added later (here `pooling`) reads as having their defaults."""
   config = config_lib.base_config()
