@@ -90,6 +90,9 @@ def base_config() -> ml_collections.ConfigDict:
   # 'constant' (the tutorial) or 'cosine': decays to 0 over num_epochs.
   config.learning_rate_schedule = "constant"
   config.gradient_clip_norm = 0.0  # Clip the gradients' global norm to this; 0 = no clipping.
+  # AdamW's decoupled weight decay (optax.adamw: each step also subtracts the learning rate
+  # times this times the parameter), on every parameter; 0 = Adam (the tutorial).
+  config.weight_decay = 0.0
   # Evaluate, checkpoint-select and predict with a moving average of the parameters, updated
   # after every step with this decay (train.TrainState); 0 = the parameters themselves.
   config.ema_decay = 0.0
@@ -157,6 +160,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _check(config.adam_epsilon > 0, "adam_epsilon", config.adam_epsilon, "use a value > 0")
   _check(config.learning_rate_schedule in ("constant", "cosine"), "learning_rate_schedule",
          config.learning_rate_schedule, "use 'constant' or 'cosine'")
+  _check(config.weight_decay >= 0, "weight_decay", config.weight_decay,
+         "use a value >= 0; 0 = no weight decay")
   _check(0.0 <= config.ema_decay < 1.0, "ema_decay", config.ema_decay,
          "use a decay in [0, 1), e.g. 0.999; 0 = no moving average")
   _check(config.gradient_clip_norm >= 0, "gradient_clip_norm", config.gradient_clip_norm,

@@ -53,12 +53,16 @@ def batch_metrics(logits: jax.Array, labels: jax.Array, mask: jax.Array) -> Metr
 
 def create_optimizer(config: ml_collections.ConfigDict,
                      steps_per_epoch: int = 1) -> optax.GradientTransformation:
-  """Adam, with the config's learning-rate schedule and gradient clipping."""
+  """Adam (AdamW with weight decay), with the config's learning-rate schedule and gradient
+  clipping."""
   learning_rate = config.learning_rate
   if config.learning_rate_schedule == "cosine":
     learning_rate = optax.cosine_decay_schedule(learning_rate,
                                                 steps_per_epoch * config.num_epochs)
-  adam = optax.adam(learning_rate, eps=config.adam_epsilon)
+  if config.weight_decay:
+    adam = optax.adamw(learning_rate, eps=config.adam_epsilon, weight_decay=config.weight_decay)
+  else:
+    adam = optax.adam(learning_rate, eps=config.adam_epsilon)
   if not config.gradient_clip_norm:
     return adam
   return optax.chain(optax.clip_by_global_norm(config.gradient_clip_norm), adam)

@@ -216,6 +216,7 @@ def test_real_full_disk_stops_with_a_clear_error_and_the_previous_checkpoint_res
     ("ngram_order", -1, "use an integer >= 0"),
     ("pooling", "sum", "use one of 'last', 'max', 'mean', 'max_mean'"),
     ("learning_rate_schedule", "linear", "use 'constant' or 'cosine'"),
+    ("weight_decay", -0.1, "use a value >= 0; 0 = no weight decay"),
     ("ema_decay", 1.0, "use a decay in [0, 1), e.g. 0.999; 0 = no moving average"),
     ("gradient_clip_norm", -1.0, "use a norm > 0, or 0 for no clipping"),
     ("evaluate_test", "sometimes", "use one of 'every_epoch', 'best_epoch', 'never'"),

@@ -196,6 +196,18 @@ def test_gradient_clipping_shrinks_adams_first_update(clip, smaller):
   assert (size < 1e-3 * config.learning_rate) if smaller else size > 0.99 * config.learning_rate
 
 
+@pytest.mark.parametrize("weight_decay", [0.0, 0.1])
+def test_weight_decay_shrinks_parameters_by_rate_times_decay_where_the_gradient_is_zero(
+    weight_decay):
+  config = config_lib.base_config()
+  config.weight_decay = weight_decay
+  optimizer = train.create_optimizer(config)
+  params = {"w": jnp.full((3,), 2.0)}
+  updates, _ = optimizer.update({"w": jnp.zeros((3,))}, optimizer.init(params), params)
+  np.testing.assert_allclose(updates["w"], -config.learning_rate * weight_decay * params["w"],
+                             rtol=1e-6)
+
+
 def test_cosine_schedule_decays_to_zero_at_the_last_step():
   config = config_lib.base_config()
   config.update(learning_rate_schedule="cosine", num_epochs=2)
