@@ -1,5 +1,6 @@
 """Beyond the tutorial: a masked, bucketed Conv1D + BiLSTM(200) over reviews of up to 800 words,
-pooled over time, with word dropout; batches of 32.
+pooled over time, with word dropout; batches of 32, evaluated with a moving average of the
+parameters.
 
 Trained on the 25,000 labelled reviews only. The choices below were made on a validation split
 of held-out movies carved from the training set (experiments/best.py; its log is
@@ -31,6 +32,7 @@ def get_config():
   config.learning_rate_schedule = "cosine"
   config.gradient_clip_norm = 1.0
   config.batch_size = 32
+  config.ema_decay = 0.998
   config.num_epochs = 5
   config.validation_size = 2500
   config.evaluate_test = "best_epoch"
