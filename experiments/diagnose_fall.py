@@ -103,7 +103,8 @@ def replay_last_epoch(config, data, checkpoints, target, steps: list[int], probe
     state, loss, norm = step_and_update_norm(state, batch)
     step = int(state.step)
     if FLAGS.probe_every and (i + 1) % FLAGS.probe_every == 0 or step == steps[-1]:
-      rows.append(f"| {step} | {float(loss):.3f} | {float(norm):.4f} | {probe(state.params):.1f} |")
+      accuracy = probe(state.eval_params)
+      rows.append(f"| {step} | {float(loss):.3f} | {float(norm):.4f} | {accuracy:.1f} |")
       print(rows[-1], flush=True)
     elif float(loss) > 1.0:
       rows.append(f"| {step} | {float(loss):.3f} | {float(norm):.4f} | |")
@@ -128,7 +129,7 @@ def main(argv):
   for step in steps:
     state, _ = checkpoints.restore(step, target, train.Metrics.empty())
     for name, split in splits.items():
-      found = accuracies(config, state.params, split, FLAGS.samples)
+      found = accuracies(config, state.eval_params, split, FLAGS.samples)
       header = header or list(found)
       rows.append(f"| {step} | {name} | " + " | ".join(f"{v:.1f}" for v in found.values()) + " |")
       print(rows[-1], flush=True)
