@@ -60,12 +60,13 @@ def create_optimizer(config: ml_collections.ConfigDict,
     learning_rate = optax.cosine_decay_schedule(learning_rate,
                                                 steps_per_epoch * config.num_epochs)
   if config.weight_decay:
-    adam = optax.adamw(learning_rate, eps=config.adam_epsilon, weight_decay=config.weight_decay)
+    optimizer = optax.adamw(learning_rate, eps=config.adam_epsilon,
+                            weight_decay=config.weight_decay)
   else:
-    adam = optax.adam(learning_rate, eps=config.adam_epsilon)
+    optimizer = optax.adam(learning_rate, eps=config.adam_epsilon)
   if not config.gradient_clip_norm:
-    return adam
-  return optax.chain(optax.clip_by_global_norm(config.gradient_clip_norm), adam)
+    return optimizer
+  return optax.chain(optax.clip_by_global_norm(config.gradient_clip_norm), optimizer)
 
 
 class TrainState(train_state.TrainState):
