@@ -96,6 +96,11 @@ def base_config() -> ml_collections.ConfigDict:
   # Evaluate, checkpoint-select and predict with a moving average of the parameters, updated
   # after every step with this decay (train.TrainState); 0 = the parameters themselves.
   config.ema_decay = 0.0
+  # Adversarial training (Goodfellow et al. 2015, on word embeddings as Miyato et al. 2017):
+  # each step also trains on the batch with the embedded words moved, per review, by this
+  # many typical word-vector lengths in the direction that raises its loss most
+  # (train.adversarial_perturbation); it costs a second gradient a step. 0 = off.
+  config.adversarial_epsilon = 0.0
   config.batch_size = 64
   config.eval_batch_size = 256
   config.num_epochs = 3
@@ -164,6 +169,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
          "use a value >= 0; 0 = no weight decay")
   _check(0.0 <= config.ema_decay < 1.0, "ema_decay", config.ema_decay,
          "use a decay in [0, 1), e.g. 0.999; 0 = no moving average")
+  _check(config.adversarial_epsilon >= 0, "adversarial_epsilon", config.adversarial_epsilon,
+         "use a value >= 0, e.g. 0.5; 0 = no adversarial training")
   _check(config.gradient_clip_norm >= 0, "gradient_clip_norm", config.gradient_clip_norm,
          "use a norm > 0, or 0 for no clipping")
   _check(config.pooling in POOLINGS, "pooling", config.pooling,

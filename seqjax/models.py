@@ -350,7 +350,10 @@ class Classifier(nn.Module):
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, tokens: Array, *, train: bool = False) -> Array:
+  def __call__(self, tokens: Array, *, train: bool = False,
+               perturbation: Array | None = None) -> Array:
+    """`perturbation` (B, T, embedding_dim), if given, is added to the embedded words after
+    their dropout: adversarial training's input (train.adversarial_perturbation)."""
     mask = tokens != PAD_ID if self.mask_padding else None
     x = nn.Embed(self.vocab_size, self.embedding_dim, embedding_init=keras_embedding_init,
                  dtype=self.dtype, name="embedding")(tokens)
@@ -360,6 +363,8 @@ class Classifier(nn.Module):
     if self.embedding_dropout:
       x = nn.Dropout(self.embedding_dropout, deterministic=not train,
                      name="embedding_dropout")(x)
+    if perturbation is not None:
+      x = x + perturbation.astype(x.dtype)
     if self.conv_filters:
       x, mask = ConvFrontEnd(self.conv_filters, self.conv_kernel_size, self.pool_size,
                              dtype=self.dtype, name="conv_front_end")(x, mask)
@@ -406,6 +411,11 @@ def create_model(config: ml_collections.ConfigDict) -> Classifier:
       mask_padding=config.mask_padding,
       dtype=jnp.dtype(config.compute_dtype),
   )
+
+
+def embedding_table(params: Any) -> Array:
+  """A Classifier's word vectors (vocab_size, embedding_dim)."""
+  return params["embedding"]["embedding"]
 
 
 def count_params(params: Any) -> int:

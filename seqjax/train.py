@@ -1,6 +1,7 @@
 """Training and evaluation: create state, jitted steps, the epoch loop, checkpoints, metrics."""
 
 import contextlib
+import functools
 import json
 import os
 import signal
@@ -112,26 +113,48 @@ def run_keys(seed: int) -> tuple[jax.Array, jax.Array]:
   return init_rng, dropout_rng
 
 
-def jit_train_step(devices: parallel.DataParallel) -> Callable:
+def jit_train_step(devices: parallel.DataParallel, adversarial_epsilon: float = 0.0
+                   ) -> Callable:
   """`_train_step` jitted for `devices`: the batch split over them, the state and dropout key
   replicated, the old state's buffers donated."""
-  return jax.jit(_train_step, donate_argnums=0,
+  step = functools.partial(_train_step, adversarial_epsilon=adversarial_epsilon)
+  return jax.jit(step, donate_argnums=0,
                  in_shardings=(devices.replicated, devices.sharded, devices.replicated),
                  out_shardings=devices.replicated)
 
 
-def _train_step(state: TrainState, batch: dict[str, jax.Array],
-                dropout_rng: jax.Array) -> tuple[TrainState, Metrics]:
-  """One Adam step on the mean loss of the batch's real examples."""
+def adversarial_perturbation(grad: jax.Array, embedding_table: jax.Array,
+                             epsilon: float) -> jax.Array:
+  """The loss's steepest ascent on the embedded words: each review's gradient (B, T, D),
+  scaled to L2 norm `epsilon` times the root-mean-square length of the table's (V, D) word
+  vectors. Measured in word lengths, it cannot be outgrown by scaling up the embeddings."""
+  word_length = jnp.sqrt(jnp.sum(jnp.square(embedding_table)) / embedding_table.shape[0])
+  norms = jnp.sqrt(jnp.sum(jnp.square(grad), axis=(1, 2), keepdims=True))
+  return jax.lax.stop_gradient(epsilon * word_length * grad / jnp.maximum(norms, 1e-12))
+
+
+def _train_step(state: TrainState, batch: dict[str, jax.Array], dropout_rng: jax.Array,
+                adversarial_epsilon: float = 0.0) -> tuple[TrainState, Metrics]:
+  """One Adam step on the mean loss of the batch's real examples; with `adversarial_epsilon`,
+  on that loss plus the loss of the same batch (and dropout) adversarially perturbed."""
   rng = jax.random.fold_in(dropout_rng, state.step)  # A pure function of the step: resumable.
 
-  def loss_fn(params):
+  def loss_fn(params, perturbation=None):
     logits = state.apply_fn({"params": params}, batch["inputs"], train=True,
-                            rngs={"dropout": rng})
+                            perturbation=perturbation, rngs={"dropout": rng})
     losses = optax.sigmoid_binary_cross_entropy(logits, batch["labels"].astype(logits.dtype))
     return jnp.sum(losses * batch["mask"]) / jnp.sum(batch["mask"]), logits
 
-  grads, logits = jax.grad(loss_fn, has_aux=True)(state.params)
+  if not adversarial_epsilon:
+    grads, logits = jax.grad(loss_fn, has_aux=True)(state.params)
+  else:
+    table = models.embedding_table(state.params)
+    zeros = jnp.zeros((*batch["inputs"].shape, table.shape[1]), jnp.float32)
+    (grads, embedded_grad), logits = jax.grad(loss_fn, argnums=(0, 1), has_aux=True)(
+        state.params, zeros)
+    perturbation = adversarial_perturbation(embedded_grad, table, adversarial_epsilon)
+    adversarial_grads, _ = jax.grad(loss_fn, has_aux=True)(state.params, perturbation)
+    grads = jax.tree_util.tree_map(jnp.add, grads, adversarial_grads)
   state = state.apply_gradients(grads=grads)
   return state, batch_metrics(logits, batch["labels"], batch["mask"])
 
@@ -142,7 +165,7 @@ def _eval_step(state: TrainState, batch: dict[str, jax.Array]) -> Metrics:
 
 
 # On one device; `train_and_evaluate` jits them again with the shardings of all devices.
-train_step = jax.jit(_train_step)
+train_step = jax.jit(_train_step, static_argnames="adversarial_epsilon")
 eval_step = jax.jit(_eval_step)
 
 
@@ -279,7 +302,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                          replicated)
   dropout_rng = jax.device_put(dropout_rng, replicated)
   num_params = models.count_params(state.params)
-  sharded_train_step = jit_train_step(devices)
+  sharded_train_step = jit_train_step(devices, config.adversarial_epsilon)
   sharded_eval_step = jax.jit(_eval_step, in_shardings=(replicated, devices.sharded),
                               out_shardings=replicated)
 

@@ -299,3 +299,70 @@ def test_adam_uses_keras_epsilon():
   grads = {"w": jnp.full((2,), 1e-7)}
   updates, _ = optimizer.update(grads, optimizer.init(grads))
   np.testing.assert_allclose(updates["w"], -0.5 * config.learning_rate, rtol=1e-3)
+
+
+def test_adversarial_perturbation_is_epsilon_word_lengths_per_review_along_the_gradient():
+  rng = np.random.default_rng(0)
+  grad = jnp.asarray(rng.normal(size=(3, 5, 4)), jnp.float32)
+  table = jnp.asarray(rng.normal(size=(10, 4)), jnp.float32)
+  perturbation = train.adversarial_perturbation(grad, table, 0.5)
+  word_length = np.sqrt(np.mean(np.sum(np.square(table), axis=1)))
+  norms = np.linalg.norm(np.asarray(perturbation).reshape(3, -1), axis=1)
+  np.testing.assert_allclose(norms, 0.5 * word_length, rtol=1e-5)
+  cosines = np.sum(np.asarray(perturbation * grad).reshape(3, -1), axis=1) / (
+      norms * np.linalg.norm(np.asarray(grad).reshape(3, -1), axis=1))
+  np.testing.assert_allclose(cosines, 1.0, rtol=1e-5)
+  # Scaling up the embeddings scales the perturbation with them.
+  np.testing.assert_allclose(train.adversarial_perturbation(grad, 3 * table, 0.5),
+                             3 * perturbation, rtol=1e-5)
+
+
+def _tiny_masked_batch():
+  config = load_config("bilstm_bucketed")
+  config.update(top_words=30, max_length=12, embedding_dim=8, lstm_units=6, conv_filters=4,
+                pooling="max_mean")
+  rng = np.random.default_rng(1)
+  inputs = np.zeros((8, 12), np.int32)
+  for row, n in enumerate(rng.integers(2, 13, 8)):
+    inputs[row, :n] = rng.integers(1, 30, n)
+  split = input_pipeline.Split(inputs, rng.integers(0, 2, 8).astype(np.int32))
+  return config, next(input_pipeline.batches(split, 8, np.arange(8)))
+
+
+def test_adversarial_perturbation_raises_the_loss_more_than_a_random_one_of_its_size():
+  config, batch = _tiny_masked_batch()
+  model = models.create_model(config)
+  params = model.init(jax.random.PRNGKey(0), batch["inputs"])["params"]
+
+  def loss(perturbation):
+    logits = model.apply({"params": params}, batch["inputs"], perturbation=perturbation)
+    return jnp.mean(train.optax.sigmoid_binary_cross_entropy(logits, batch["labels"]))
+
+  zeros = jnp.zeros((8, 12, 8))
+  adversarial = train.adversarial_perturbation(jax.grad(loss)(zeros), params["embedding"][
+      "embedding"], 0.5)
+  noise = jax.random.normal(jax.random.PRNGKey(2), zeros.shape)
+  random = noise * jnp.linalg.norm(adversarial) / jnp.linalg.norm(noise)
+  assert loss(None) == loss(zeros)
+  assert loss(adversarial) > loss(random) + 1e-3 and loss(adversarial) > loss(zeros) + 1e-3
+
+
+def test_adversarial_step_adds_the_perturbed_batchs_gradient_to_the_clean_one():
+  """With SGD at rate 1 the update is minus the gradient: a vanishing epsilon gives twice the
+  plain step's (the same loss, under the same dropout, counted twice), a real one does not."""
+  config, batch = _tiny_masked_batch()
+  config.update(embedding_dropout=0.3, word_dropout=0.2, output_dropout=0.5)
+  model = models.create_model(config)
+  params = model.init(jax.random.PRNGKey(0), batch["inputs"])["params"]
+  state = train.TrainState.create(apply_fn=model.apply, params=params, tx=train.optax.sgd(1.0))
+
+  def update(epsilon):
+    new, _ = train.train_step(state, batch, jax.random.PRNGKey(3), adversarial_epsilon=epsilon)
+    return jax.tree_util.tree_map(jnp.subtract, new.params, params)
+
+  plain, tiny, real = update(0.0), update(1e-6), update(1.0)
+  jax.tree_util.tree_map(lambda t, p: np.testing.assert_allclose(t, 2 * p, rtol=1e-3,
+                                                                 atol=1e-6), tiny, plain)
+  differences = jax.tree_util.tree_map(lambda r, p: float(jnp.max(jnp.abs(r - 2 * p))),
+                                       real, plain)
+  assert max(jax.tree_util.tree_leaves(differences)) > 1e-3
