@@ -65,7 +65,13 @@ class Checkpoints:
 
   def restore(self, step: int, state: Any, epoch_metrics: Any) -> tuple[Any, Any]:
     """(state, epoch_metrics) of `step`, shaped like the given ones."""
-    stored = param_shapes(dict(self._manager.item_metadata(step))["state"]["params"])
+    metadata = dict(self._manager.item_metadata(step))
+    if set(metadata) != {"state", "epoch_metrics"} or "params" not in metadata["state"]:
+      raise CheckpointError(
+          f"The checkpoint {self.directory}/{step} was not written by this version of seqjax: "
+          f"it holds {', '.join(sorted(metadata)) or 'nothing'}, not a train state and the "
+          "epoch's metrics. Train into a new --workdir, or move its checkpoints aside.")
+    stored = param_shapes(metadata["state"]["params"])
     expected = param_shapes(state.params)
     if stored != expected:
       differences = "; ".join(f"{k}: stored {stored.get(k)}, config {expected.get(k)}"

@@ -141,6 +141,19 @@ def test_damaged_latest_checkpoint_falls_back_to_the_previous_one(
   assert_same_run(workdir, uninterrupted)
 
 
+def test_checkpoint_of_another_layout_is_refused_by_name_and_left_in_place(
+    tiny_data_dir, tmp_path):
+  """Say, a bare train state from an early seqjax: not damage, so it must not be moved aside."""
+  foreign = tmp_path / "run" / "checkpoints"
+  manager = ckpt.ocp.CheckpointManager(foreign, item_handlers=ckpt.ocp.StandardCheckpointHandler())
+  manager.save(5, args=ckpt.ocp.args.StandardSave({"params": {"w": np.zeros(3)}, "step": 5}))
+  manager.close()
+  with pytest.raises(ckpt.CheckpointError, match=r"checkpoints/5 was not written by this "
+                                                 r"version of seqjax: it holds params, step"):
+    train.train_and_evaluate(tiny_config(tiny_data_dir, tmp_path), str(tmp_path / "run"))
+  assert os.listdir(foreign) == ["5"]
+
+
 def test_non_finite_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(
     tiny_data_dir, tmp_path):
   # A learning rate near float32's maximum overflows the parameters on the first update.
