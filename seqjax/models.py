@@ -131,29 +131,23 @@ def _lstm_recurrence_bwd(reverse, return_sequences, saved, grad):
   before = ((lambda s: jnp.concatenate([s[1:], zeros])) if reverse
             else (lambda s: jnp.concatenate([zeros, s[:-1]])))
   c_before, h_before = before(cs), before(hs)
+  scale = gate_scale(cs.shape[-1], cs.dtype)
   recurrent_kernel_t = recurrent_kernel.T  # Transposed once, not read across at every step.
-  # Everything that does not depend on the carried (dh, dc), for all steps at once, outside the
-  # loop: with dc_total = dc + dh * dc_from_dh, the pre-activation gradients of a step are
-  # dc_total * from_dc for the gates i, f, g and dh * from_dh for o.
-  i, f, g, o = jnp.split(gate_activations(gate_tanh), 4, axis=-1)
-  tanh_c = jnp.tanh(cs)
-  dz_scale = gate_scale(cs.shape[-1], cs.dtype) * (1 - gate_tanh * gate_tanh)
-  units = cs.shape[-1]
-  from_dc = jnp.concatenate([g, c_before, i], -1) * dz_scale[..., :3 * units]
-  from_dh = tanh_c * dz_scale[..., 3 * units:]
-  dc_from_dh = o * (1 - tanh_c * tanh_c)
 
   def step(carry, xs):
     dh, dc = carry
-    from_dc_t, from_dh_t, dc_from_dh_t, f_t, step_mask, dh_output = xs
+    gate_tanh_t, c, c_prev, step_mask, dh_output = xs
     if dh_output is not None:
       dh = dh + dh_output
-    dc_total = dc + dh * dc_from_dh_t
-    dz = jnp.concatenate([jnp.tile(dc_total, 3) * from_dc_t, dh * from_dh_t], -1)
+    i, f, g, o = jnp.split(gate_activations(gate_tanh_t), 4, axis=-1)
+    tanh_c = jnp.tanh(c)
+    dc_total = dc + dh * o * (1 - tanh_c * tanh_c)
+    d_gates = jnp.concatenate([dc_total * g, dc_total * c_prev, dc_total * i, dh * tanh_c], -1)
+    dz = d_gates * scale * (1 - gate_tanh_t * gate_tanh_t)
     dh_prev = dz @ recurrent_kernel_t
     if recurrent_mask is not None:
       dh_prev = dh_prev * recurrent_mask
-    dc_prev = dc_total * f_t
+    dc_prev = dc_total * f
     if step_mask is not None:
       keep = step_mask[:, None]
       dz = jnp.where(keep, dz, 0)
@@ -162,11 +156,11 @@ def _lstm_recurrence_bwd(reverse, return_sequences, saved, grad):
 
   dh_final = jnp.zeros_like(zeros[0]) if return_sequences else grad
   _, dxw = jax.lax.scan(step, (dh_final, jnp.zeros_like(dh_final)),
-                        (from_dc, from_dh, dc_from_dh, f, mask,
-                         grad if return_sequences else None),
+                        (gate_tanh, cs, c_before, mask, grad if return_sequences else None),
                         reverse=not reverse)
   if recurrent_mask is not None:
     h_before = h_before * recurrent_mask
+  units = cs.shape[-1]
   d_recurrent_kernel = h_before.reshape(-1, units).T @ dxw.reshape(-1, 4 * units)
   return dxw, d_recurrent_kernel, None, None
 
