@@ -1,6 +1,6 @@
 """Beyond the tutorial: a masked, bucketed Conv1D + BiLSTM(200) over reviews of up to 800 words,
-pooled over time, with word dropout; batches of 32, evaluated with a moving average of the
-parameters.
+pooled over time, with word dropout and adversarial training on the word embeddings; batches
+of 32, evaluated with a moving average of the parameters.
 
 Trained on the 25,000 labelled reviews only. The choices below were made on a validation split
 of held-out movies carved from the training set (experiments/best.py; its log is
@@ -33,6 +33,7 @@ def get_config():
   config.gradient_clip_norm = 1.0
   config.batch_size = 32
   config.ema_decay = 0.998
+  config.adversarial_epsilon = 0.15
   config.num_epochs = 5
   config.validation_size = 2500
   config.evaluate_test = "best_epoch"
