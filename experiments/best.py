@@ -43,11 +43,13 @@ SELECTION = {"name": "selection", "seed": 7, "evaluate_test": "never"}
 # (run name, how it differs from configs/best.py, config overrides over configs/best.py), in
 # the order they were tried: from the first search's choice (20,000 words, BiLSTM(100)), the
 # vocabulary first, then what might add to the 5,000-word model, then capacity, then length,
-# then the optimizer and evaluation. The runs up to epochs_7 also differ by BATCH_64 (batches
-# of 64, no moving average), as configs/best.py had then; the later ones' descriptions say all.
+# then the optimizer and evaluation, then adversarial training. The runs up to epochs_7 also
+# differ by BATCH_64 (batches of 64, no moving average), as configs/best.py had then, and all
+# but the last by NO_ADVERSARIAL; the descriptions say what else they change.
 BATCH_64 = {"batch_size": 64, "ema_decay": 0.0}
+NO_ADVERSARIAL = {"adversarial_epsilon": 0.0}
 FIRST_CHOICE = {**BATCH_64, "top_words": 20000, "lstm_units": 100}
-TRIALS = [
+WITHOUT_ADVERSARIAL_TRAINING = [
     ("units_100_vocabulary_20k", "20,000 words, BiLSTM(100): the first search's choice",
      FIRST_CHOICE),
     ("units_100_vocabulary_20k_word_dropout_0.5", "the first choice with word dropout 0.5",
@@ -82,6 +84,11 @@ TRIALS = [
     ("batch_32_weight_decay_0.1", "no moving average; AdamW, weight decay 0.1",
      {"ema_decay": 0.0, "weight_decay": 0.1}),
     ("batch_16", "no moving average, batches of 16", {"ema_decay": 0.0, "batch_size": 16}),
+    ("no_adversarial", "no adversarial training: configs/best.py until here", {}),
+]
+TRIALS = [(name, change, {**NO_ADVERSARIAL, **overrides})
+          for name, change, overrides in WITHOUT_ADVERSARIAL_TRAINING] + [
+    ("adversarial_0.3", "adversarial_epsilon 0.3", {"adversarial_epsilon": 0.3}),
 ]
 
 
@@ -135,7 +142,8 @@ def main(argv):
       "uncertain by about ±0.6 points. The validation reviews are of movies no training review "
       "covers, as the test split's are (`experiments/imdb_movies.py`). The runs up to "
       "epochs_7 also differ from configs/best.py by batches of 64 and no moving average of the "
-      "parameters, as configs/best.py had then; the later rows say all they change.", "",
+      "parameters, as configs/best.py had then, and all runs up to no_adversarial by no "
+      "adversarial training; the rows say what else they change.", "",
       "| run | config | best validation accuracy % | vs configs/best.py | best epoch |",
       "|---|---|---|---|---|",
       *selection_rows, "",
