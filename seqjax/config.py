@@ -170,7 +170,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _check(0.0 <= config.ema_decay < 1.0, "ema_decay", config.ema_decay,
          "use a decay in [0, 1), e.g. 0.999; 0 = no moving average")
   _check(config.adversarial_epsilon >= 0, "adversarial_epsilon", config.adversarial_epsilon,
-         "use a value >= 0, e.g. 0.5; 0 = no adversarial training")
+         "use a value >= 0, e.g. 0.15; 0 = no adversarial training")
   _check(config.gradient_clip_norm >= 0, "gradient_clip_norm", config.gradient_clip_norm,
          "use a norm > 0, or 0 for no clipping")
   _check(config.pooling in POOLINGS, "pooling", config.pooling,

@@ -231,7 +231,7 @@ def test_real_full_disk_stops_with_a_clear_error_and_the_previous_checkpoint_res
     ("learning_rate_schedule", "linear", "use 'constant' or 'cosine'"),
     ("weight_decay", -0.1, "use a value >= 0; 0 = no weight decay"),
     ("ema_decay", 1.0, "use a decay in [0, 1), e.g. 0.999; 0 = no moving average"),
-    ("adversarial_epsilon", -0.5, "use a value >= 0, e.g. 0.5; 0 = no adversarial training"),
+    ("adversarial_epsilon", -0.5, "use a value >= 0, e.g. 0.15; 0 = no adversarial training"),
     ("gradient_clip_norm", -1.0, "use a norm > 0, or 0 for no clipping"),
     ("evaluate_test", "sometimes", "use one of 'every_epoch', 'best_epoch', 'never'"),
     ("evaluate_test", "never", "it needs validation_size > 0 (epochs are then judged on "
