@@ -8,6 +8,7 @@ import sys
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 import seqjax
@@ -336,7 +337,7 @@ def test_adversarial_perturbation_raises_the_loss_more_than_a_random_one_of_its_
 
   def loss(perturbation):
     logits = model.apply({"params": params}, batch["inputs"], perturbation=perturbation)
-    return jnp.mean(train.optax.sigmoid_binary_cross_entropy(logits, batch["labels"]))
+    return jnp.mean(optax.sigmoid_binary_cross_entropy(logits, batch["labels"]))
 
   zeros = jnp.zeros((8, 12, 8))
   adversarial = train.adversarial_perturbation(jax.grad(loss)(zeros), params["embedding"][
@@ -354,7 +355,7 @@ def test_adversarial_step_adds_the_perturbed_batchs_gradient_to_the_clean_one():
   config.update(embedding_dropout=0.3, word_dropout=0.2, output_dropout=0.5)
   model = models.create_model(config)
   params = model.init(jax.random.PRNGKey(0), batch["inputs"])["params"]
-  state = train.TrainState.create(apply_fn=model.apply, params=params, tx=train.optax.sgd(1.0))
+  state = train.TrainState.create(apply_fn=model.apply, params=params, tx=optax.sgd(1.0))
 
   def update(epsilon):
     new, _ = train.train_step(state, batch, jax.random.PRNGKey(3), adversarial_epsilon=epsilon)
