@@ -89,6 +89,7 @@ WITHOUT_ADVERSARIAL_TRAINING = [
 TRIALS = [(name, change, {**NO_ADVERSARIAL, **overrides})
           for name, change, overrides in WITHOUT_ADVERSARIAL_TRAINING] + [
     ("adversarial_0.3", "adversarial_epsilon 0.3", {"adversarial_epsilon": 0.3}),
+    ("no_moving_average", "no moving average (ema_decay 0)", {"ema_decay": 0.0}),
 ]
 
 
