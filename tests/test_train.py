@@ -340,8 +340,8 @@ def test_adversarial_perturbation_raises_the_loss_more_than_a_random_one_of_its_
     return jnp.mean(optax.sigmoid_binary_cross_entropy(logits, batch["labels"]))
 
   zeros = jnp.zeros((8, 12, 8))
-  adversarial = train.adversarial_perturbation(jax.grad(loss)(zeros), params["embedding"][
-      "embedding"], 0.5)
+  adversarial = train.adversarial_perturbation(jax.grad(loss)(zeros),
+                                               models.embedding_table(params), 0.5)
   noise = jax.random.normal(jax.random.PRNGKey(2), zeros.shape)
   random = noise * jnp.linalg.norm(adversarial) / jnp.linalg.norm(noise)
   assert loss(None) == loss(zeros)
