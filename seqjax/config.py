@@ -15,6 +15,7 @@ from seqjax.errors import ConfigError
 
 PAD_SIDES = ("pre", "post")
 POOLINGS = ("last", "max", "mean", "max_mean")
+NGRAM_BAGS = ("embedding", "naive_bayes")
 TEST_EVALUATIONS = ("every_epoch", "best_epoch", "never")
 
 
@@ -74,6 +75,13 @@ def base_config() -> ml_collections.ConfigDict:
   config.ngram_order = 0
   config.ngram_buckets = 2**20
   config.ngram_dim = 32
+  # 'naive_bayes' makes the bag a logistic regression on the review's distinct n-grams, each
+  # scaled by its naive-Bayes log-count ratio in the training split (NBSVM's features;
+  # models.NaiveBayesBag), whose logit is added to the LSTM's.
+  config.ngram_bag = "embedding"
+  # The embedding (and so the LSTM) reads only the most frequent this many of the top_words;
+  # the others as out-of-vocabulary, while a bag of n-grams reads them all. 0 = all top_words.
+  config.embedding_top_words = 0
   # Exact masking: padded steps leave the LSTM state unchanged, so a review's result does not
   # depend on its batch's padding. Needs padding='post' (the words first).
   config.mask_padding = False
@@ -142,7 +150,7 @@ def _check(ok: bool, key: str, value, allowed: str) -> None:
 
 def validate(config: ml_collections.ConfigDict) -> None:
   """Raises ConfigError naming the first bad value, before any work is done."""
-  for key in ("top_words", "max_length", "embedding_dim", "lstm_units", "batch_size",
+  for key in ("top_words", "max_length", "embedding_dim", "batch_size",
               "eval_batch_size", "num_epochs", "log_every_steps", "keep_checkpoints",
               "conv_kernel_size", "pool_size", "lstm_layers"):
     value = config[key]
@@ -150,7 +158,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _check(config.top_words >= 4, "top_words", config.top_words,
          "use >= 4 (ids 0-2 are reserved for padding, start and out-of-vocabulary)")
   for key in ("max_train_examples", "max_eval_examples", "validation_size", "conv_filters",
-              "checkpoint_every_steps", "bucket_width", "ngram_order"):
+              "checkpoint_every_steps", "bucket_width", "ngram_order", "lstm_units",
+              "embedding_top_words"):
     value = config[key]
     _check(isinstance(value, int) and value >= 0, key, value, "use an integer >= 0")
   for key in ("embedding_dropout", "word_dropout", "lstm_dropout", "lstm_recurrent_dropout",
@@ -171,6 +180,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
          "use a decay in [0, 1), e.g. 0.999; 0 = no moving average")
   _check(config.adversarial_epsilon >= 0, "adversarial_epsilon", config.adversarial_epsilon,
          "use a value >= 0, e.g. 0.15; 0 = no adversarial training")
+  _check(not config.adversarial_epsilon or config.lstm_units, "adversarial_epsilon",
+         config.adversarial_epsilon, "it perturbs the LSTM's word embeddings, and lstm_units=0 "
+         "has none; use 0")
   _check(config.gradient_clip_norm >= 0, "gradient_clip_norm", config.gradient_clip_norm,
          "use a norm > 0, or 0 for no clipping")
   _check(config.pooling in POOLINGS, "pooling", config.pooling,
@@ -191,6 +203,13 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if config.bucket_width:
     _check(config.mask_padding, "bucket_width", config.bucket_width,
            "bucketing needs mask_padding=True, else padding would change the results")
+  _check(config.lstm_units or config.ngram_order, "lstm_units", config.lstm_units,
+         "use an integer >= 1, or set ngram_order >= 1 for a bag of n-grams alone")
+  _check(config.embedding_top_words in range(4, config.top_words + 1)
+         or config.embedding_top_words == 0, "embedding_top_words", config.embedding_top_words,
+         f"use 4 to top_words={config.top_words}, or 0 for all of them")
+  _check(config.ngram_bag in NGRAM_BAGS, "ngram_bag", config.ngram_bag,
+         f"use one of {', '.join(map(repr, NGRAM_BAGS))}")
   if config.ngram_order:
     _check(isinstance(config.ngram_dim, int) and config.ngram_dim >= 1, "ngram_dim",
            config.ngram_dim, "use an integer >= 1")

@@ -10,8 +10,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 
-from seqjax.tokenizer import PAD_ID
+from seqjax.tokenizer import OOV_ID, PAD_ID
 
 Array = jax.Array
 
@@ -280,13 +281,42 @@ def pool_over_time(states: Array, mask: Array | None, pooling: str) -> Array:
 NGRAM_HASH = 1_000_003
 
 
+def ngram_ids(tokens: Array, vocab_size: int, order: int, buckets: int) -> tuple[Array, Array]:
+  """The bag rows of a review's 1..order-word n-grams: (B, T) ids -> (B, order * T) rows and
+  whether each is a real n-gram (no padding in it).
+
+  A word's row is its id; n-grams of two or more words share the other `buckets - vocab_size`
+  rows by hash.
+  """
+  real = tokens != PAD_ID
+  ids, valid = [tokens], [real]
+  code, ok = tokens.astype(jnp.uint32), real
+  shared = jnp.uint32(buckets - vocab_size)
+  for n in range(1, order):
+    following = jnp.pad(tokens[:, n:], ((0, 0), (0, n)), constant_values=PAD_ID)
+    code = code * jnp.uint32(NGRAM_HASH) + following.astype(jnp.uint32)  # Wraps mod 2^32.
+    ok = ok & (following != PAD_ID)
+    ids.append(vocab_size + (code % shared).astype(jnp.int32))
+    valid.append(ok)
+  return jnp.concatenate(ids, axis=1), jnp.concatenate(valid, axis=1)
+
+
+def distinct_ngram_ids(tokens: Array, vocab_size: int, order: int, buckets: int
+                       ) -> tuple[Array, Array]:
+  """As `ngram_ids`, with each row marked real once per review however often it occurs:
+  (B, T) ids -> (B, order * T) rows (sorted within a review) and (B, order * T) bool."""
+  ids, valid = ngram_ids(tokens, vocab_size, order, buckets)
+  ids = jnp.sort(jnp.where(valid, ids, -1), axis=1)
+  first = jnp.concatenate([jnp.ones_like(ids[:, :1], bool), ids[:, 1:] != ids[:, :-1]], axis=1)
+  return jnp.maximum(ids, 0), first & (ids >= 0)
+
+
 class NgramBag(nn.Module):
   """The mean embedding of a review's n-grams (a fastText-style bag): (B, T) ids -> (B, dim).
 
   Every run of 1..order consecutive real ids (not padding) counts once, wherever the padding
-  is. Each word of the vocabulary has its own row; n-grams of two or more words share the
-  other `buckets - vocab_size` rows by hash. Word order enters only within an n-gram, so the
-  bag complements the LSTM's long-range reading with exact local phrases ("not good").
+  is (`ngram_ids`). Word order enters only within an n-gram, so the bag complements the
+  LSTM's long-range reading with exact local phrases ("not good").
   """
 
   vocab_size: int
@@ -297,34 +327,78 @@ class NgramBag(nn.Module):
 
   @nn.compact
   def __call__(self, tokens: Array) -> Array:
-    real = tokens != PAD_ID
-    ids, valid = [tokens], [real]
-    code, ok = tokens.astype(jnp.uint32), real
-    shared = jnp.uint32(self.buckets - self.vocab_size)
-    for n in range(1, self.order):
-      following = jnp.pad(tokens[:, n:], ((0, 0), (0, n)), constant_values=PAD_ID)
-      code = code * jnp.uint32(NGRAM_HASH) + following.astype(jnp.uint32)  # Wraps mod 2^32.
-      ok = ok & (following != PAD_ID)
-      ids.append(self.vocab_size + (code % shared).astype(jnp.int32))
-      valid.append(ok)
-    ids, valid = jnp.concatenate(ids, axis=1), jnp.concatenate(valid, axis=1)
+    ids, valid = ngram_ids(tokens, self.vocab_size, self.order, self.buckets)
     rows = self.buckets if self.order > 1 else self.vocab_size
     x = nn.Embed(rows, self.dim, embedding_init=keras_embedding_init, dtype=self.dtype,
                  name="embedding")(ids)
     return pool_over_time(x, valid, "mean")
 
 
+# The parameter that holds NaiveBayesBag's ratios: set from the training data
+# (`naive_bayes_ratios`), never trained.
+LOG_COUNT_RATIO = "log_count_ratio"
+
+
+class NaiveBayesBag(nn.Module):
+  """A logistic regression on the set of a review's n-grams, each scaled by its naive-Bayes
+  log-count ratio (NBSVM's features, Wang & Manning 2012): (B, T) ids -> (B,) logits.
+
+  logit = sum over the review's distinct n-grams f of ratio[f] * weight[f], plus a bias. The
+  ratios, log(P(f | positive) / P(f | negative)) in the training reviews, are a parameter
+  that training leaves alone (`is_trained`); the weights start at zero. Scaling by the ratio
+  lets the n-grams that tell the classes apart move their logit fastest.
+  """
+
+  vocab_size: int
+  order: int
+  buckets: int
+
+  @nn.compact
+  def __call__(self, tokens: Array) -> Array:
+    ids, distinct = distinct_ngram_ids(tokens, self.vocab_size, self.order, self.buckets)
+    ratio = self.param(LOG_COUNT_RATIO, nn.initializers.zeros, (self.buckets,))
+    weight = self.param("weight", nn.initializers.zeros, (self.buckets,))
+    bias = self.param("bias", nn.initializers.zeros, ())
+    terms = jax.lax.stop_gradient(ratio)[ids] * weight[ids]
+    return jnp.sum(jnp.where(distinct, terms, 0.0), axis=1) + bias
+
+
+def naive_bayes_ratios(inputs: np.ndarray, labels: np.ndarray, vocab_size: int, order: int,
+                       buckets: int, batch_size: int = 1024) -> np.ndarray:
+  """NaiveBayesBag's ratios from training reviews: (N, T) ids, (N,) labels -> (buckets,) float32.
+
+  log(p_pos[f] / p_neg[f]), where p_c counts the reviews of class c that hold n-gram f, plus
+  one (Laplace smoothing), normalised to sum to 1, as in NBSVM.
+  """
+  distinct = jax.jit(functools.partial(distinct_ngram_ids, vocab_size=vocab_size, order=order,
+                                       buckets=buckets))
+  counts = np.ones((2, buckets))
+  for start in range(0, len(labels), batch_size):
+    ids, first = map(np.asarray, distinct(inputs[start:start + batch_size]))
+    label = np.broadcast_to(labels[start:start + batch_size, None], ids.shape)
+    for c in (0, 1):
+      counts[c] += np.bincount(ids[first & (label == c)], minlength=buckets)
+  p = counts / counts.sum(axis=1, keepdims=True)
+  return np.log(p[1] / p[0]).astype(np.float32)
+
+
+def is_trained(path: tuple) -> bool:
+  """Whether the parameter at a `jax.tree_util` key path is trained (NaiveBayesBag's ratios
+  are not)."""
+  return getattr(path[-1], "key", None) != LOG_COUNT_RATIO
+
+
 class Classifier(nn.Module):
   """Embedding -> [word dropout] -> [Dropout] -> [ConvFrontEnd] -> LSTM or Bidirectional
   (x lstm_layers) -> [pooling over time] -> [concatenated with an NgramBag] -> [Dropout]
-  -> Dense(1).
+  -> Dense(1) [+ a NaiveBayesBag's logit].
 
   Input token ids (B, T) int -> one logit per example (B,); sigmoid(logit) is P(positive).
   With `mask_padding`, the ids must be padded after the words ('post'): then a review's logit
   does not depend on the padding, so batches can be cut to their longest review. The tutorial's
   models have one layer and classify the last state (`pooling='last'`); stacked layers read
   every state of the layer below, and 'max', 'mean' or 'max_mean' pool the top layer's states
-  over the (real) steps.
+  over the (real) steps. `lstm_units=0` leaves the bag alone (no embedding, no LSTM).
   """
 
   vocab_size: int
@@ -341,9 +415,13 @@ class Classifier(nn.Module):
   output_dropout: float = 0.0
   lstm_layers: int = 1
   pooling: str = "last"
-  ngram_order: int = 0  # 0 = no NgramBag.
+  ngram_order: int = 0  # 0 = no bag of n-grams.
   ngram_buckets: int = 0
   ngram_dim: int = 0
+  ngram_bag: str = "embedding"  # NgramBag, or 'naive_bayes': a NaiveBayesBag.
+  # The embedding reads the most frequent this many words, the others as out-of-vocabulary;
+  # 0 = all vocab_size (a bag of n-grams reads them all).
+  embedding_words: int = 0
   # Padding (id 0, after the words) leaves the LSTM state unchanged; see `LSTM`.
   mask_padding: bool = False
   # bfloat16 computes faster on accelerators; parameters and the optimizer stay float32.
@@ -354,9 +432,29 @@ class Classifier(nn.Module):
                perturbation: Array | None = None) -> Array:
     """`perturbation` (B, T, embedding_dim), if given, is added to the embedded words after
     their dropout: adversarial training's input (train.adversarial_perturbation)."""
+    features = [self.read(tokens, train, perturbation)] if self.lstm_units else []
+    if self.ngram_order and self.ngram_bag == "embedding":
+      features.append(NgramBag(self.vocab_size, self.ngram_order, self.ngram_buckets,
+                               self.ngram_dim, dtype=self.dtype, name="ngram_bag")(tokens))
+    logits = jnp.zeros(tokens.shape[:1], jnp.float32)
+    if features:
+      x = jnp.concatenate([f.astype(self.dtype) for f in features], axis=-1)
+      if self.output_dropout:
+        x = nn.Dropout(self.output_dropout, deterministic=not train, name="output_dropout")(x)
+      logits += nn.Dense(1, kernel_init=glorot_uniform, dtype=self.dtype,
+                         name="dense")(x)[:, 0].astype(jnp.float32)
+    if self.ngram_order and self.ngram_bag == "naive_bayes":
+      logits += NaiveBayesBag(self.vocab_size, self.ngram_order, self.ngram_buckets,
+                              name="naive_bayes_bag")(tokens)
+    return logits
+
+  def read(self, tokens: Array, train: bool, perturbation: Array | None) -> Array:
+    """The (pooled) top LSTM layer: (B, T) ids -> (B, H), (B, 2H) or twice that if pooled
+    both ways."""
     mask = tokens != PAD_ID if self.mask_padding else None
-    x = nn.Embed(self.vocab_size, self.embedding_dim, embedding_init=keras_embedding_init,
-                 dtype=self.dtype, name="embedding")(tokens)
+    words = self.embedding_words or self.vocab_size
+    x = nn.Embed(words, self.embedding_dim, embedding_init=keras_embedding_init,
+                 dtype=self.dtype, name="embedding")(jnp.where(tokens < words, tokens, OOV_ID))
     if self.word_dropout:  # One draw per word, shared by its embedding's features.
       x = nn.Dropout(self.word_dropout, broadcast_dims=(2,), deterministic=not train,
                      name="word_dropout")(x)
@@ -378,14 +476,7 @@ class Classifier(nn.Module):
               name=f"{name}_{layer}" if layer else name)(x, mask, train=train)
     if self.pooling != "last":
       x = pool_over_time(x, mask, self.pooling)
-    if self.ngram_order:
-      bag = NgramBag(self.vocab_size, self.ngram_order, self.ngram_buckets, self.ngram_dim,
-                     dtype=self.dtype, name="ngram_bag")(tokens)
-      x = jnp.concatenate([x, bag.astype(x.dtype)], axis=-1)
-    if self.output_dropout:
-      x = nn.Dropout(self.output_dropout, deterministic=not train, name="output_dropout")(x)
-    logits = nn.Dense(1, kernel_init=glorot_uniform, dtype=self.dtype, name="dense")(x)
-    return logits[:, 0].astype(jnp.float32)
+    return x
 
 
 def create_model(config: ml_collections.ConfigDict) -> Classifier:
@@ -408,6 +499,8 @@ def create_model(config: ml_collections.ConfigDict) -> Classifier:
       ngram_order=config.ngram_order,
       ngram_buckets=config.ngram_buckets,
       ngram_dim=config.ngram_dim,
+      ngram_bag=config.ngram_bag,
+      embedding_words=config.embedding_top_words,
       mask_padding=config.mask_padding,
       dtype=jnp.dtype(config.compute_dtype),
   )
@@ -419,4 +512,6 @@ def embedding_table(params: Any) -> Array:
 
 
 def count_params(params: Any) -> int:
-  return sum(x.size for x in jax.tree_util.tree_leaves(params))
+  """The number of trained parameters (NaiveBayesBag's ratios are not)."""
+  leaves = jax.tree_util.tree_leaves_with_path(params)
+  return sum(x.size for path, x in leaves if is_trained(path))

@@ -65,9 +65,20 @@ def create_optimizer(config: ml_collections.ConfigDict,
                             weight_decay=config.weight_decay)
   else:
     optimizer = optax.adam(learning_rate, eps=config.adam_epsilon)
-  if not config.gradient_clip_norm:
+  if config.gradient_clip_norm:
+    optimizer = optax.chain(optax.clip_by_global_norm(config.gradient_clip_norm), optimizer)
+  if not uses_naive_bayes_bag(config):
     return optimizer
-  return optax.chain(optax.clip_by_global_norm(config.gradient_clip_norm), optimizer)
+
+  def labels(params):
+    return jax.tree_util.tree_map_with_path(
+        lambda path, _: "trained" if models.is_trained(path) else "fixed", params)
+
+  return optax.multi_transform({"trained": optimizer, "fixed": optax.set_to_zero()}, labels)
+
+
+def uses_naive_bayes_bag(config: ml_collections.ConfigDict) -> bool:
+  return bool(config.ngram_order) and config.ngram_bag == "naive_bayes"
 
 
 class TrainState(train_state.TrainState):
@@ -96,10 +107,17 @@ class TrainState(train_state.TrainState):
 
 
 def create_train_state(config: ml_collections.ConfigDict, model: models.Classifier,
-                       rng: jax.Array, steps_per_epoch: int = 1) -> TrainState:
-  """Fresh parameters and optimizer state. `steps_per_epoch` sets a schedule's length."""
+                       rng: jax.Array, steps_per_epoch: int = 1,
+                       train_split: input_pipeline.Split | None = None) -> TrainState:
+  """Fresh parameters and optimizer state. `steps_per_epoch` sets a schedule's length; a
+  NaiveBayesBag's ratios are counted in `train_split` (else left at zero, to be restored)."""
   dummy = jnp.zeros((1, config.max_length), jnp.int32)
   params = model.init({"params": rng}, dummy, train=False)["params"]
+  if uses_naive_bayes_bag(config) and train_split is not None:
+    ratios = models.naive_bayes_ratios(train_split.inputs, train_split.labels, config.top_words,
+                                       config.ngram_order, config.ngram_buckets)
+    params["naive_bayes_bag"] = {**params["naive_bayes_bag"],
+                                 models.LOG_COUNT_RATIO: jnp.asarray(ratios)}
   # A copy: the average must not share buffers with the parameters, which steps donate.
   ema_params = jax.tree_util.tree_map(jnp.array, params) if config.ema_decay else None
   return TrainState.create(apply_fn=model.apply, params=params,
@@ -298,8 +316,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   init_rng, dropout_rng = run_keys(config.seed)
   replicated = devices.replicated
   steps_per_epoch = input_pipeline.num_batches(len(data.train), config.batch_size)
-  state = jax.device_put(create_train_state(config, model, init_rng, steps_per_epoch),
-                         replicated)
+  state = jax.device_put(
+      create_train_state(config, model, init_rng, steps_per_epoch, data.train), replicated)
   dropout_rng = jax.device_put(dropout_rng, replicated)
   num_params = models.count_params(state.params)
   sharded_train_step = jit_train_step(devices, config.adversarial_epsilon)

@@ -7,6 +7,7 @@ import pytest
 
 from conftest import load_config
 from seqjax import models
+from seqjax.tokenizer import OOV_ID
 
 KERAS_PARAM_COUNTS = {
     "lstm": 213_301,
@@ -263,3 +264,62 @@ def test_ngram_bag_is_concatenated_with_the_pooled_states():
   params = init(models.create_model(config), jnp.zeros((1, 12), jnp.int32))
   assert params["ngram_bag"]["embedding"]["embedding"].shape == (6000, 8)
   assert params["dense"]["kernel"].shape == (200 + 8, 1)
+
+
+def bigram_row(first: int, second: int, vocab_size: int, buckets: int) -> int:
+  """The shared row of a bigram, computed as NgramBag's hash defines it."""
+  return vocab_size + ((first * models.NGRAM_HASH + second) % 2**32) % (buckets - vocab_size)
+
+
+def test_naive_bayes_bag_sums_ratio_times_weight_over_distinct_ngrams():
+  """[5 6 5 6] holds 5, 6, "5 6" and "6 5": each counts once, padding on either side none."""
+  rng = np.random.default_rng(0)
+  bag = models.NaiveBayesBag(vocab_size=10, order=2, buckets=1000)
+  params = {models.LOG_COUNT_RATIO: jnp.asarray(rng.normal(size=1000), jnp.float32),
+            "weight": jnp.asarray(rng.normal(size=1000), jnp.float32), "bias": jnp.float32(0.3)}
+  rows = [5, 6, bigram_row(5, 6, 10, 1000), bigram_row(6, 5, 10, 1000)]
+  want = sum(params[models.LOG_COUNT_RATIO][r] * params["weight"][r] for r in rows) + 0.3
+  for tokens in ([[5, 6, 5, 6, 0, 0, 0]], [[0, 0, 5, 6, 5, 6]], [[5, 6, 5, 6]]):
+    np.testing.assert_allclose(bag.apply({"params": params}, np.array(tokens)), [want],
+                               rtol=1e-5)
+
+
+def test_naive_bayes_ratios_are_smoothed_log_count_ratios_of_reviews():
+  """Each review counts a word once; one review of each class is added to every row."""
+  inputs = np.array([[3, 3, 4], [4, 5, 0], [3, 0, 0]])
+  labels = np.array([1, 0, 1])
+  ratios = models.naive_bayes_ratios(inputs, labels, vocab_size=8, order=1, buckets=8,
+                                     batch_size=2)
+  positive = np.ones(8) + np.eye(8)[3] * 2 + np.eye(8)[4]  # Sums to 11.
+  negative = np.ones(8) + np.eye(8)[4] + np.eye(8)[5]  # Sums to 10.
+  np.testing.assert_allclose(ratios, np.log((positive / 11) / (negative / 10)), rtol=1e-6)
+  assert ratios[3] > 0 > ratios[5]
+
+
+def test_bag_alone_has_no_embedding_and_adds_the_naive_bayes_logit_to_the_dense_one():
+  config = load_config("bilstm")
+  config.update(ngram_order=2, ngram_buckets=6000, ngram_bag="naive_bayes", max_length=12)
+  hybrid = init(models.create_model(config), jnp.zeros((1, 12), jnp.int32))
+  assert set(hybrid) == {"embedding", "bidirectional", "dense", "naive_bayes_bag"}
+  # Its 2 x 6,000 bag rows add 6,001 trained parameters: the ratios are not trained.
+  assert models.count_params(hybrid) == KERAS_PARAM_COUNTS["bilstm"] + 6001
+  config.lstm_units = 0
+  model = models.create_model(config)
+  alone = init(model, jnp.zeros((1, 12), jnp.int32))
+  assert set(alone) == {"naive_bayes_bag"}
+  alone["naive_bayes_bag"]["bias"] = jnp.float32(1.5)
+  np.testing.assert_allclose(model.apply({"params": alone}, jnp.ones((2, 12), jnp.int32)),
+                             [1.5, 1.5])
+
+
+def test_embedding_reads_words_beyond_embedding_top_words_as_out_of_vocabulary():
+  config = load_config("lstm")
+  config.update(top_words=50, embedding_top_words=10, max_length=4)
+  model = models.create_model(config)
+  params = init(model, jnp.zeros((1, 4), jnp.int32))
+  assert models.embedding_table(params).shape == (10, config.embedding_dim)
+  rare, oov = np.array([[1, 4, 12, 49]]), np.array([[1, 4, OOV_ID, OOV_ID]])
+  np.testing.assert_array_equal(model.apply({"params": params}, rare),
+                                model.apply({"params": params}, oov))
+  assert not np.array_equal(model.apply({"params": params}, rare),
+                            model.apply({"params": params}, np.array([[1, 4, 5, 6]])))

@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+import tensorflow_datasets as tfds
 
 import seqjax
 from conftest import PROJECT_ROOT, REAL_DATA_DIR, TinyReviews, load_config, tiny_overrides
@@ -367,3 +368,38 @@ def test_adversarial_step_adds_the_perturbed_batchs_gradient_to_the_clean_one():
   differences = jax.tree_util.tree_map(lambda r, p: float(jnp.max(jnp.abs(r - 2 * p))),
                                        real, plain)
   assert max(jax.tree_util.tree_leaves(differences)) > 1e-3
+
+
+def test_naive_bayes_ratios_come_from_the_training_split_and_training_never_moves_them():
+  rng = np.random.default_rng(0)
+  split = input_pipeline.Split(rng.integers(1, 30, (64, 6)).astype(np.int32),
+                               rng.integers(0, 2, 64).astype(np.int32))
+  config = config_lib.base_config()
+  config.update(top_words=30, max_length=6, lstm_units=0, ngram_order=2, ngram_buckets=100,
+                ngram_bag="naive_bayes", weight_decay=0.1, gradient_clip_norm=1.0,
+                ema_decay=0.9)
+  state = train.create_train_state(config, models.create_model(config), jax.random.PRNGKey(0),
+                                   train_split=split)
+  ratios = models.naive_bayes_ratios(split.inputs, split.labels, 30, 2, 100)
+  assert np.any(ratios != 0)
+  np.testing.assert_array_equal(state.params["naive_bayes_bag"][models.LOG_COUNT_RATIO], ratios)
+  for batch in input_pipeline.batches(split, 16):
+    state, _ = train.train_step(state, batch, jax.random.PRNGKey(1))
+  bag = state.params["naive_bayes_bag"]
+  np.testing.assert_array_equal(bag[models.LOG_COUNT_RATIO], ratios)
+  np.testing.assert_allclose(state.ema_params["naive_bayes_bag"][models.LOG_COUNT_RATIO], ratios,
+                             rtol=1e-6)
+  assert np.any(bag["weight"] != 0)
+
+
+def test_bag_alone_learns_and_predicts_from_its_checkpoint_what_training_reported(
+    tiny_data_dir, tmp_path):
+  config = tiny_config(tiny_data_dir, tmp_path, lstm_units=0, ngram_order=2,
+                       ngram_buckets=1000, ngram_bag="naive_bayes", num_epochs=3)
+  results = train.train_and_evaluate(config, str(tmp_path / "run"))
+  assert results["test_accuracy"] > 0.9 and results["num_params"] == 1001
+  test = tfds.data_source("tiny_reviews", data_dir=tiny_data_dir, download=False)["test"]
+  records = [test[i] for i in range(len(test))]
+  probabilities = seqjax.load(str(tmp_path / "run")).predict([r["text"] for r in records])
+  accuracy = np.mean((probabilities > 0.5) == np.array([r["label"] == 1 for r in records]))
+  assert accuracy == pytest.approx(results["test_accuracy"], abs=1e-6)
