@@ -40,12 +40,21 @@ flags.mark_flag_as_required("movies")
 
 BEST = ROOT / "configs" / "best.py"
 SELECTION = {"name": "selection", "seed": 7, "evaluate_test": "never"}
+# The BiLSTM that was configs/best.py before the naive-Bayes bag, as overrides of it; it reads
+# only the 5,000 most frequent words, and with NO_BAG has only those.
+BILSTM = {"lstm_units": 200, "bidirectional": True, "embedding_dim": 64, "word_dropout": 0.3,
+          "embedding_dropout": 0.3, "conv_filters": 64, "pooling": "max_mean",
+          "output_dropout": 0.5, "adversarial_epsilon": 0.15, "embedding_top_words": 5000}
+NO_BAG = {"top_words": 5000, "embedding_top_words": 0, "ngram_order": 0, "ngram_buckets": 2**20,
+          "ngram_bag": "embedding"}
+BILSTM_ALONE = {**BILSTM, **NO_BAG}
 # (run name, how it differs from configs/best.py, config overrides over configs/best.py), in
 # the order they were tried: from the first search's choice (20,000 words, BiLSTM(100)), the
 # vocabulary first, then what might add to the 5,000-word model, then capacity, then length,
-# then the optimizer and evaluation, then adversarial training. The runs up to epochs_7 also
-# differ by BATCH_64 (batches of 64, no moving average), as configs/best.py had then, and all
-# but the last by NO_ADVERSARIAL; the descriptions say what else they change.
+# then the optimizer and evaluation, then adversarial training, then the naive-Bayes bag. The
+# runs before the bag are BILSTM_ALONE; those up to epochs_7 also differ by BATCH_64 (batches
+# of 64, no moving average), as configs/best.py had then, and all up to no_adversarial by
+# NO_ADVERSARIAL; the descriptions say what else they change.
 BATCH_64 = {"batch_size": 64, "ema_decay": 0.0}
 NO_ADVERSARIAL = {"adversarial_epsilon": 0.0}
 FIRST_CHOICE = {**BATCH_64, "top_words": 20000, "lstm_units": 100}
@@ -84,12 +93,20 @@ WITHOUT_ADVERSARIAL_TRAINING = [
     ("batch_32_weight_decay_0.1", "no moving average; AdamW, weight decay 0.1",
      {"ema_decay": 0.0, "weight_decay": 0.1}),
     ("batch_16", "no moving average, batches of 16", {"ema_decay": 0.0, "batch_size": 16}),
-    ("no_adversarial", "no adversarial training: configs/best.py until here", {}),
+    ("no_adversarial", "the BiLSTM alone without adversarial training", {}),
 ]
-TRIALS = [(name, change, {**NO_ADVERSARIAL, **overrides})
+TRIALS = [(name, change, {**BILSTM_ALONE, **NO_ADVERSARIAL, **overrides})
           for name, change, overrides in WITHOUT_ADVERSARIAL_TRAINING] + [
-    ("adversarial_0.3", "adversarial_epsilon 0.3", {"adversarial_epsilon": 0.3}),
-    ("no_moving_average", "no moving average (ema_decay 0)", {"ema_decay": 0.0}),
+    ("adversarial_0.3", "adversarial_epsilon 0.3", {**BILSTM_ALONE, "adversarial_epsilon": 0.3}),
+    ("no_moving_average", "no moving average (ema_decay 0)", {**BILSTM_ALONE, "ema_decay": 0.0}),
+    ("bilstm", "the BiLSTM alone (adversarial_epsilon 0.15): configs/best.py until here",
+     BILSTM_ALONE),
+    ("unigrams", "the naive-Bayes bag of words alone (ngram_order 1)", {"ngram_order": 1}),
+    ("bigrams", "the naive-Bayes bag of words and bigrams alone (ngram_order 2)",
+     {"ngram_order": 2}),
+    ("bilstm_and_bigrams", "the BiLSTM with a naive-Bayes bag of words and bigrams beside it",
+     {**BILSTM, "ngram_order": 2}),
+    ("bilstm_and_trigrams", "the BiLSTM with this bag beside it", BILSTM),
 ]
 
 
@@ -141,10 +158,11 @@ def main(argv):
       "## Selection and ablation (seed 7; the test split was not evaluated)", "",
       "Each run is judged by its best epoch's validation accuracy. One seed on 2,500 reviews is "
       "uncertain by about ±0.6 points. The validation reviews are of movies no training review "
-      "covers, as the test split's are (`experiments/imdb_movies.py`). The runs up to "
-      "epochs_7 also differ from configs/best.py by batches of 64 and no moving average of the "
-      "parameters, as configs/best.py had then, and all runs up to no_adversarial by no "
-      "adversarial training; the rows say what else they change.", "",
+      "covers, as the test split's are (`experiments/imdb_movies.py`). The runs up to bilstm "
+      "are variants of the BiLSTM that was configs/best.py before the naive-Bayes bag (5,000 "
+      "words, no bag of n-grams): those up to epochs_7 also differ by batches of 64 and no "
+      "moving average of the parameters, as that config had then, and all up to "
+      "no_adversarial by no adversarial training; the rows say what else they change.", "",
       "| run | config | best validation accuracy % | vs configs/best.py | best epoch |",
       "|---|---|---|---|---|",
       *selection_rows, "",

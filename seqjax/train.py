@@ -204,6 +204,9 @@ def print_summary(model: models.Classifier, config: ml_collections.ConfigDict) -
   dummy = jnp.zeros((1, config.max_length), jnp.int32)
   print(model.tabulate({"params": jax.random.PRNGKey(0)}, dummy, train=False, depth=1,
                        console_kwargs={"force_terminal": False, "width": 110}), flush=True)
+  if uses_naive_bayes_bag(config):
+    print(f"Of these, the {config.ngram_buckets:,} naive-Bayes ratios ({models.LOG_COUNT_RATIO}) "
+          "are counted from the training split, not trained.", flush=True)
 
 
 @contextlib.contextmanager

@@ -31,5 +31,5 @@ def test_launch_reads_a_finished_run_of_the_same_config(tmp_path):
 def test_launch_refuses_a_finished_run_of_another_config(tmp_path):
   config_file = PROJECT_ROOT / "configs" / "best.py"
   finished_run(tmp_path / "run", config_lib.from_file(config_file))
-  with pytest.raises(ConfigError, match=r"word_dropout: 0.3 -> 0.5"):
-    common.launch(config_file, tmp_path / "run", {"word_dropout": 0.5})
+  with pytest.raises(ConfigError, match=r"ngram_order: 3 -> 2"):
+    common.launch(config_file, tmp_path / "run", {"ngram_order": 2})
