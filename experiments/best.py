@@ -16,7 +16,8 @@ because the test split's movies are all new. A random split, as in the first sea
    them (the script stops if it is not). One seed's accuracy on 2,500 reviews is uncertain by
    about 0.6 points, so differences that small are noted as such.
 2. Report: configs/best.py with 3 seeds, on the same validation split; each evaluates the test
-   split once, on its best validation epoch.
+   split once, on its best validation epoch. The same for configs/best_lstm.py, the best on
+   validation of the trials with an LSTM (the script stops if it is not).
 
 Each run is `python -m seqjax.main` in a fresh process; finished runs are read, not trained
 again. Writes experiments/results/best.md (the selection table, which doubles as the
@@ -27,9 +28,11 @@ import json
 import pathlib
 import statistics
 
+import ml_collections
 from absl import app, flags
 
 from common import RESULTS, ROOT, launch, machine
+from seqjax import config as config_lib
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir_root", "runs/best", "Folder for the runs' workdirs.")
@@ -39,6 +42,10 @@ flags.DEFINE_string("movies", None, "The movie of each training review, as "
 flags.mark_flag_as_required("movies")
 
 BEST = ROOT / "configs" / "best.py"
+# The best config with an LSTM, reported beside configs/best.py: it must be the trial of that
+# name plus its seed, and the best on validation of the trials with an LSTM.
+BEST_LSTM = ROOT / "configs" / "best_lstm.py"
+BEST_LSTM_TRIAL = "bilstm_and_trigrams"
 SELECTION = {"name": "selection", "seed": 7, "evaluate_test": "never"}
 # The BiLSTM that was configs/best.py before the naive-Bayes bag, as overrides of it; it reads
 # only the 5,000 most frequent words, and with NO_BAG has only those.
@@ -114,12 +121,18 @@ def record_path(name: str) -> pathlib.Path:
   return RESULTS / "runs" / "best" / f"{name}.json"
 
 
-def run(name: str, overrides: dict) -> dict:
-  record = launch(BEST, pathlib.Path(FLAGS.workdir_root).resolve() / name,
+def run(name: str, overrides: dict, config_file: pathlib.Path = BEST) -> dict:
+  record = launch(config_file, pathlib.Path(FLAGS.workdir_root).resolve() / name,
                   {**overrides, "validation_groups": FLAGS.movies})
   record_path(name).parent.mkdir(parents=True, exist_ok=True)
   record_path(name).write_text(json.dumps(record, indent=2) + "\n")
   return record
+
+
+def trial_config(overrides: dict) -> ml_collections.ConfigDict:
+  config = config_lib.from_file(BEST)
+  config.update(overrides)
+  return config
 
 
 def select() -> list[str]:
@@ -127,7 +140,7 @@ def select() -> list[str]:
   chosen = run("chosen", SELECTION)
   score = chosen["best_epoch_validation_accuracy"]
   rows = [f"| chosen | configs/best.py | {100 * score:.2f} | — | {chosen['best_epoch']} |"]
-  beaten_by = []
+  beaten_by, with_lstm = [], {}
   for name, change, overrides in TRIALS:
     result = run(name, {**overrides, **SELECTION})
     accuracy = result["best_epoch_validation_accuracy"]
@@ -135,20 +148,44 @@ def select() -> list[str]:
                 f"| {result['best_epoch']} |")
     if accuracy > score:
       beaten_by.append(name)
+    if trial_config(overrides).lstm_units:
+      with_lstm[name] = accuracy
   if beaten_by:
     raise SystemExit(f"On validation, {', '.join(beaten_by)} beat configs/best.py. Make "
                      "configs/best.py the better config (and TRIALS relative to it), then rerun.")
+  best_lstm = max(with_lstm, key=with_lstm.get)
+  trial = trial_config(next(o for n, _, o in TRIALS if n == BEST_LSTM_TRIAL)).to_dict()
+  if best_lstm != BEST_LSTM_TRIAL or config_lib.from_file(BEST_LSTM).to_dict() != {
+      **trial, "name": "best_lstm"}:
+    raise SystemExit(f"configs/best_lstm.py must be configs/best.py with the overrides of "
+                     f"{best_lstm}, the best trial with an LSTM on validation; make it so (and "
+                     "BEST_LSTM_TRIAL its name), then rerun.")
   return rows
+
+
+def finals(config_file: pathlib.Path, prefix: str) -> tuple[list[dict], str, str]:
+  """The config's runs with FLAGS.seeds, each evaluating the test split once; the runs, the
+  test accuracy's mean ± std, and their table."""
+  runs = [run(f"{prefix}seed_{seed}", {"seed": int(seed)}, config_file) for seed in FLAGS.seeds]
+  accuracies = [100 * r["test_accuracy"] for r in runs]
+  spread = (f"{statistics.mean(accuracies):.2f} ± {statistics.stdev(accuracies):.2f}"
+            if len(accuracies) > 1 else f"{accuracies[0]:.2f}")
+  table = "\n".join([
+      "| seed | best epoch (validation) | validation accuracy % | test accuracy % | test loss "
+      "| train s (all epochs) |",
+      "|---|---|---|---|---|---|",
+      *(f"| {seed} | {r['best_epoch']} | {100 * r['best_epoch_validation_accuracy']:.2f} | "
+        f"{100 * r['test_accuracy']:.2f} | {r['test_loss']:.4f} | {r['train_seconds']:.0f} |"
+        for seed, r in zip(FLAGS.seeds, runs, strict=True))])
+  return runs, spread, table
 
 
 def main(argv):
   del argv
   selection_rows = select()
-  finals = [run(f"seed_{seed}", {"seed": int(seed)}) for seed in FLAGS.seeds]
-  accuracies = [100 * r["test_accuracy"] for r in finals]
-  spread = (f"{statistics.mean(accuracies):.2f} ± {statistics.stdev(accuracies):.2f}"
-            if len(accuracies) > 1 else f"{accuracies[0]:.2f}")
-  first = finals[0]
+  best, best_spread, best_table = finals(BEST, "")
+  lstm, lstm_spread, lstm_table = finals(BEST_LSTM, "lstm_")
+  first = best[0]
   text = "\n".join([
       "# configs/best.py: chosen on validation, reported on test", "",
       f"Machine: {machine()}. Command: `python experiments/best.py --movies=...` (module "
@@ -169,13 +206,13 @@ def main(argv):
       "## configs/best.py on the test split (evaluated once per run, on its best validation "
       "epoch)", "",
       f"Parameters: {first['num_params']:,}. Test accuracy over seeds "
-      f"{', '.join(FLAGS.seeds)}: **{spread} %**.", "",
-      "| seed | best epoch (validation) | validation accuracy % | test accuracy % | test loss "
-      "| train s (all epochs) |",
-      "|---|---|---|---|---|---|",
-      *(f"| {seed} | {r['best_epoch']} | {100 * r['best_epoch_validation_accuracy']:.2f} | "
-        f"{100 * r['test_accuracy']:.2f} | {r['test_loss']:.4f} | {r['train_seconds']:.0f} |"
-        for seed, r in zip(FLAGS.seeds, finals, strict=True)),
+      f"{', '.join(FLAGS.seeds)}: **{best_spread} %**.", "",
+      best_table, "",
+      f"## configs/best_lstm.py on the test split: the best config with an LSTM "
+      f"({BEST_LSTM_TRIAL} above)", "",
+      f"Parameters: {lstm[0]['num_params']:,}. Test accuracy over seeds "
+      f"{', '.join(FLAGS.seeds)}: **{lstm_spread} %**.", "",
+      lstm_table,
   ]) + "\n"
   (RESULTS / "best.md").write_text(text)
   print(text)
