@@ -1,13 +1,21 @@
 """seqjax: LSTM-family text classifiers in JAX/Flax. Install with `pip install -e ".[test]"`."""
 
+import pathlib
+import re
+
 import setuptools
+
+HERE = pathlib.Path(__file__).parent
+# The version is written once, in seqjax/__init__.py.
+VERSION = re.search(r'^__version__ = "([^"]+)"$',
+                    (HERE / "seqjax" / "__init__.py").read_text(encoding="utf-8"), re.M)[1]
 
 setuptools.setup(
     name="seqjax",
-    version="0.1.0",
+    version=VERSION,
     description="LSTM-family text classifiers in JAX/Flax, faithful to the classic Keras "
                 "IMDB tutorial.",
-    long_description=open("README.md", encoding="utf-8").read(),
+    long_description=(HERE / "README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     packages=setuptools.find_packages(include=["seqjax", "seqjax.*"]),
     python_requires=">=3.11",

@@ -10,9 +10,10 @@ runs in a fresh process, so peak memory (the process's maximum resident set) is 
 framework uses every core (JAX by default; TensorFlow and PyTorch are told so). Besides Keras 3
 (TensorFlow backend, with and without XLA) and PyTorch, the peers include "flax": the
 straightforward Flax model (nn.RNN over nn.OptimizedLSTMCell). seqjax runs with the malloc
-settings its commands use (seqjax/cli.py); every peer is timed with and without them and keeps
-its better figures. "seqjax_2dev" is seqjax with the CPU split into two XLA devices (the batch
-split over the cores); it is shown beside seqjax, as an option, not counted as either. Prints
+settings its commands set in-process (seqjax/malloc.py); every peer is timed with and without
+the same settings (as GLIBC_TUNABLES) and keeps its better figures; --seqjax_mallocs times
+seqjax under other settings too. "seqjax_2dev" is seqjax with the CPU split into two XLA
+devices (the batch split over the cores); it is shown beside seqjax, as an option, not counted as either. Prints
 a table and the ratios of seqjax to the best other framework, and writes JSON with every
 measurement.
 """
@@ -27,22 +28,24 @@ import subprocess
 import sys
 import time
 
-from seqjax.cli import FAST_MALLOC
+from seqjax import malloc
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 MODELS = ["lstm", "lstm_dropout", "lstm_recurrent_dropout", "bilstm", "cnn_lstm"]
 TRAIN_BATCH, INFER_BATCH, LENGTH, VOCAB = 64, 256, 500, 5000
 
-# seqjax's commands run with its malloc settings (seqjax/cli.py). They speed up other
-# frameworks too (PyTorch most), so each other framework is timed both ways and keeps its best.
-MALLOC_ENVS = {"default": {}, "seqjax": FAST_MALLOC}
+# seqjax sets its malloc settings in-process ("mallopt", seqjax/malloc.py). They speed up
+# other frameworks too (PyTorch most), so each other framework is timed both without them and
+# with them as start-up tunables, and keeps its best. "tunables_hugetlb" adds huge pages, which
+# glibc offers only as a start-up tunable (what seqjax's commands restarted with before).
+MALLOC_ENVS = {"default": {"GLIBC_TUNABLES": ""}, "mallopt": {}, "tunables": malloc.TUNABLES,
+               "tunables_hugetlb": {"GLIBC_TUNABLES": "glibc.malloc.hugetlb=1:"
+                                                      + malloc.TUNABLES["GLIBC_TUNABLES"]}}
 # seqjax_2dev: seqjax with the CPU split into one XLA device per core (data parallel over the
 # cores, as train.py runs on several devices). Not what seqjax's commands do by default, so it
 # is shown beside seqjax, not counted as seqjax or as a peer.
 FRAMEWORK_ENVS = {"seqjax_2dev": {"XLA_FLAGS": "--xla_force_host_platform_device_count=2"}}
-MALLOCS = {"seqjax": ["seqjax"], "seqjax_2dev": ["seqjax"], "flax": ["default", "seqjax"],
-           "keras": ["default", "seqjax"], "keras_xla": ["default", "seqjax"],
-           "torch": ["default", "seqjax"]}
+PEER_MALLOCS = ["default", "tunables"]
 
 
 def _timed(fn, steps: int) -> tuple[float, float]:
@@ -78,6 +81,7 @@ def measure_seqjax(model_name: str, steps: int) -> dict:
   model = models.create_model(config)
   # As train.py runs it: the batch split over every device, the rest replicated.
   devices = parallel.DataParallel.over_all_devices()
+  malloc.keep_freed_memory(jax.default_backend())  # As train.py and predict.py do.
   state = jax.device_put(train.create_train_state(config, model, jax.random.PRNGKey(0)),
                          devices.replicated)
   step = train.jit_train_step(devices)
@@ -309,6 +313,8 @@ def main() -> None:
                                    "torch"],
                     "What to time.")
   flags.DEFINE_list("models", MODELS, "Tutorial models to time.")
+  flags.DEFINE_list("seqjax_mallocs", ["mallopt"], "malloc settings to time seqjax with: "
+                    f"{', '.join(MALLOC_ENVS)} (benchmarks/benchmark.py's MALLOC_ENVS).")
   flags.DEFINE_integer("steps", 20, "Timed calls per measurement (after one warm-up call).")
   flags.DEFINE_string("output", str(ROOT / "benchmarks" / "results.json"), "JSON output.")
   flags.DEFINE_string("one", None, "Internal: 'framework,model' to measure in this process.")
@@ -332,9 +338,11 @@ def main() -> None:
     frameworks = [f for f in FLAGS.frameworks if available(f)]
     rows = []
     for model_name in FLAGS.models:
-      for framework, malloc in [(f, m) for f in frameworks for m in MALLOCS[f]]:
+      for framework, setting in [
+          (f, m) for f in frameworks
+          for m in (FLAGS.seqjax_mallocs if f.startswith("seqjax") else PEER_MALLOCS)]:
         env = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}
-        env.update({"TF_CPP_MIN_LOG_LEVEL": "2", **MALLOC_ENVS[malloc],
+        env.update({"TF_CPP_MIN_LOG_LEVEL": "2", **MALLOC_ENVS[setting],
                     **FRAMEWORK_ENVS.get(framework, {})})
         result = subprocess.run(
             [sys.executable, __file__, f"--one={framework},{model_name}",
@@ -342,8 +350,8 @@ def main() -> None:
         if result.returncode:
           print(f"{framework} {model_name} failed:\n{result.stderr[-2000:]}", file=sys.stderr)
           continue
-        rows.append({**json.loads(result.stdout.strip().splitlines()[-1]), "malloc": malloc})
-        print(f"{model_name:24s} {framework:10s} {malloc:7s} "
+        rows.append({**json.loads(result.stdout.strip().splitlines()[-1]), "malloc": setting})
+        print(f"{model_name:24s} {framework:10s} {setting:16s} "
               f"train {rows[-1]['train_examples_per_second']:8.1f} ex/s  "
               f"infer {rows[-1]['infer_examples_per_second']:8.1f} ex/s", flush=True)
     report = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",

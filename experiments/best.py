@@ -1,4 +1,4 @@
-"""Chooses configs/best.py on validation alone, then reports it on the test split.
+"""Chooses configs/naive_bayes_bag.py on validation alone, then reports it on the test split.
 
   TFDS_DATA_DIR=../shared/data/tfds python experiments/imdb_movies.py \
       --archive=../shared/data/imdb/aclImdb_v1.tar.gz --output=runs/imdb_train_movies.txt
@@ -10,14 +10,16 @@ Validation is 2,500 of the training reviews, of movies held out whole
 because the test split's movies are all new. A random split, as in the first search
 (results/best_random_split.md), reads about 2 points above test and favours memorising.
 
-1. Selection, seed 7, test split never evaluated: configs/best.py and every variant in TRIALS
-   (the configs tried on the way to it, and configs/best.py less one of its ingredients) are
-   each judged by their best epoch's validation accuracy. configs/best.py must be the best of
-   them (the script stops if it is not). One seed's accuracy on 2,500 reviews is uncertain by
-   about 0.6 points, so differences that small are noted as such.
-2. Report: configs/best.py with 3 seeds, on the same validation split; each evaluates the test
-   split once, on its best validation epoch. The same for configs/best_lstm.py, the best on
-   validation of the trials with an LSTM (the script stops if it is not).
+1. Selection, seed 7, test split never evaluated: configs/naive_bayes_bag.py and every variant
+   in TRIALS (the configs tried on the way to it, among them configs/tuned_bilstm.py as the
+   trial `bilstm`, and the bag less one of its ingredients) are each judged by their best
+   epoch's validation accuracy. configs/naive_bayes_bag.py must be the best of them (the script
+   stops if it is not). One seed's accuracy on 2,500 reviews is uncertain by about 0.6 points,
+   so differences that small are noted as such.
+2. Report: configs/naive_bayes_bag.py with 3 seeds, on the same validation split; each
+   evaluates the test split once, on its best validation epoch. The same for
+   configs/bilstm_naive_bayes_bag.py, the best on validation of the trials with an LSTM (the
+   script stops if it is not).
 
 Each run is `python -m seqjax.main` in a fresh process; finished runs are read, not trained
 again. Writes experiments/results/best.md (the selection table, which doubles as the
@@ -41,35 +43,37 @@ flags.DEFINE_string("movies", None, "The movie of each training review, as "
                     "experiments/imdb_movies.py writes it: validation holds out whole movies.")
 flags.mark_flag_as_required("movies")
 
-BEST = ROOT / "configs" / "best.py"
-# The best config with an LSTM, reported beside configs/best.py: configs/best.py with the
-# overrides BILSTM (below), the trial BEST_LSTM_TRIAL, which must be the best on validation of
-# the trials with an LSTM.
-BEST_LSTM = ROOT / "configs" / "best_lstm.py"
+# The chosen config. Run names ("chosen", "seed_<seed>", "lstm_seed_<seed>") are those of the
+# records in experiments/results/runs/best/, written when the file was configs/best.py.
+BEST = ROOT / "configs" / "naive_bayes_bag.py"
+# The tuned BiLSTM alone: the trial "bilstm".
+TUNED_BILSTM = ROOT / "configs" / "tuned_bilstm.py"
+# The best config with an LSTM, reported beside the chosen one: the bag with the overrides
+# BILSTM (below), the trial BEST_LSTM_TRIAL, which must be the best on validation of the
+# trials with an LSTM.
+BEST_LSTM = ROOT / "configs" / "bilstm_naive_bayes_bag.py"
 BEST_LSTM_TRIAL = "bilstm_and_trigrams"
 SELECTION = {"name": "selection", "seed": 7, "evaluate_test": "never"}
 
 
 def differences(config_file: pathlib.Path) -> dict:
-  """The values of a config that differ from configs/best.py's (its name aside)."""
+  """The values of a config that differ from the chosen config's (its name aside)."""
   best = config_lib.from_file(BEST).to_dict()
   return {k: v for k, v in config_lib.from_file(config_file).to_dict().items()
           if k != "name" and v != best[k]}
 
 
-# The BiLSTM that was configs/best.py before the naive-Bayes bag, as overrides of it, taken
-# from configs/best_lstm.py (which sets it beside the bag); it reads only the 5,000 most
-# frequent words, and with NO_BAG has only those.
+# The tuned BiLSTM (the chosen config before the naive-Bayes bag), as overrides of the bag:
+# beside the bag (configs/bilstm_naive_bayes_bag.py), where it reads only the 5,000 most
+# frequent words, and alone (configs/tuned_bilstm.py), with only those words.
 BILSTM = differences(BEST_LSTM)
-NO_BAG = {"top_words": 5000, "embedding_top_words": 0, "ngram_order": 0, "ngram_buckets": 2**20,
-          "ngram_bag": "embedding"}
-BILSTM_ALONE = {**BILSTM, **NO_BAG}
-# (run name, how it differs from configs/best.py, config overrides over configs/best.py), in
+BILSTM_ALONE = differences(TUNED_BILSTM)
+# (run name, how it differs from the chosen config, config overrides over it), in
 # the order they were tried: from the first search's choice (20,000 words, BiLSTM(100)), the
 # vocabulary first, then what might add to the 5,000-word model, then capacity, then length,
 # then the optimizer and evaluation, then adversarial training, then the naive-Bayes bag. The
 # runs before the bag are BILSTM_ALONE; those up to epochs_7 also differ by BATCH_64 (batches
-# of 64, no moving average), as configs/best.py had then, and all up to no_adversarial by
+# of 64, no moving average), as the chosen config had then, and all up to no_adversarial by
 # NO_ADVERSARIAL; the descriptions say what else they change.
 BATCH_64 = {"batch_size": 64, "ema_decay": 0.0}
 NO_ADVERSARIAL = {"adversarial_epsilon": 0.0}
@@ -97,7 +101,7 @@ WITHOUT_ADVERSARIAL_TRAINING = [
     ("embedding_128", "embeddings of 128", {**BATCH_64, "embedding_dim": 128}),
     ("max_length_1200", "reviews up to 1,200 words", {**BATCH_64, "max_length": 1200}),
     ("epochs_7", "7 epochs (the cosine decay over 7)", {**BATCH_64, "num_epochs": 7}),
-    ("batch_64", "batches of 64, no moving average: configs/best.py until here", BATCH_64),
+    ("batch_64", "batches of 64, no moving average: the chosen config until here", BATCH_64),
     ("epochs_4", "batch_64 with 4 epochs (the cosine decay over 4)",
      {**BATCH_64, "num_epochs": 4}),
     ("ema_0.998", "batches of 64 (with the moving average, ema_decay=0.998)",
@@ -115,8 +119,8 @@ TRIALS = [(name, change, {**BILSTM_ALONE, **NO_ADVERSARIAL, **overrides})
           for name, change, overrides in WITHOUT_ADVERSARIAL_TRAINING] + [
     ("adversarial_0.3", "adversarial_epsilon 0.3", {**BILSTM_ALONE, "adversarial_epsilon": 0.3}),
     ("no_moving_average", "no moving average (ema_decay 0)", {**BILSTM_ALONE, "ema_decay": 0.0}),
-    ("bilstm", "the BiLSTM alone (adversarial_epsilon 0.15): configs/best.py until here",
-     BILSTM_ALONE),
+    ("bilstm", "configs/tuned_bilstm.py, the BiLSTM alone (adversarial_epsilon 0.15): the "
+     "chosen config until here", BILSTM_ALONE),
     ("unigrams", "the naive-Bayes bag of words alone (ngram_order 1)", {"ngram_order": 1}),
     ("bigrams", "the naive-Bayes bag of words and bigrams alone (ngram_order 2)",
      {"ngram_order": 2}),
@@ -145,10 +149,10 @@ def trial_config(overrides: dict) -> ml_collections.ConfigDict:
 
 
 def select() -> list[str]:
-  """Trains configs/best.py and TRIALS on validation; the selection table's rows."""
+  """Trains the chosen config and TRIALS on validation; the selection table's rows."""
   chosen = run("chosen", SELECTION)
   score = chosen["best_epoch_validation_accuracy"]
-  rows = [f"| chosen | configs/best.py | {100 * score:.2f} | — | {chosen['best_epoch']} |"]
+  rows = [f"| chosen | configs/{BEST.name} | {100 * score:.2f} | — | {chosen['best_epoch']} |"]
   beaten_by, with_lstm = [], {}
   for name, change, overrides in TRIALS:
     result = run(name, {**overrides, **SELECTION})
@@ -160,12 +164,12 @@ def select() -> list[str]:
     if trial_config(overrides).lstm_units:
       with_lstm[name] = accuracy
   if beaten_by:
-    raise SystemExit(f"On validation, {', '.join(beaten_by)} beat configs/best.py. Make "
-                     "configs/best.py the better config (and TRIALS relative to it), then rerun.")
+    raise SystemExit(f"On validation, {', '.join(beaten_by)} beat {BEST.name}. Make "
+                     f"{BEST.name} the better config (and TRIALS relative to it), then rerun.")
   best_lstm = max(with_lstm, key=with_lstm.get)
   if best_lstm != BEST_LSTM_TRIAL:
     raise SystemExit(f"On validation, {best_lstm} is the best trial with an LSTM, not "
-                     f"{BEST_LSTM_TRIAL} (configs/best_lstm.py). Make configs/best_lstm.py that "
+                     f"{BEST_LSTM_TRIAL} ({BEST_LSTM.name}). Make {BEST_LSTM.name} that "
                      "config, then rerun.")
   return rows
 
@@ -194,7 +198,7 @@ def main(argv):
   lstm, lstm_spread, lstm_table = finals(BEST_LSTM, "lstm_")
   first = best[0]
   text = "\n".join([
-      "# configs/best.py: chosen on validation, reported on test", "",
+      "# configs/naive_bayes_bag.py: chosen on validation, reported on test", "",
       f"Machine: {machine()}. Command: `python experiments/best.py --movies=...` (module "
       f"docstring). Labelled reviews only: {first['num_train_examples']:,} train and "
       f"{first['num_validation_examples']:,} validation (held-out movies of the training "
@@ -203,19 +207,19 @@ def main(argv):
       "Each run is judged by its best epoch's validation accuracy. One seed on 2,500 reviews is "
       "uncertain by about ±0.6 points. The validation reviews are of movies no training review "
       "covers, as the test split's are (`experiments/imdb_movies.py`). The runs up to bilstm "
-      "are variants of the BiLSTM that was configs/best.py before the naive-Bayes bag (5,000 "
+      "are variants of the tuned BiLSTM, the chosen config before the naive-Bayes bag (5,000 "
       "words, no bag of n-grams): those up to epochs_7 also differ by batches of 64 and no "
       "moving average of the parameters, as that config had then, and all up to "
       "no_adversarial by no adversarial training; the rows say what else they change.", "",
-      "| run | config | best validation accuracy % | vs configs/best.py | best epoch |",
+      "| run | config | best validation accuracy % | vs chosen | best epoch |",
       "|---|---|---|---|---|",
       *selection_rows, "",
-      "## configs/best.py on the test split (evaluated once per run, on its best validation "
-      "epoch)", "",
+      "## configs/naive_bayes_bag.py on the test split (evaluated once per run, on its best "
+      "validation epoch)", "",
       f"Parameters: {first['num_params']:,}. Test accuracy over seeds "
       f"{', '.join(FLAGS.seeds)}: **{best_spread} %**.", "",
       best_table, "",
-      f"## configs/best_lstm.py on the test split: the best config with an LSTM "
+      f"## configs/bilstm_naive_bayes_bag.py on the test split: the best config with an LSTM "
       f"({BEST_LSTM_TRIAL} above)", "",
       f"Parameters: {lstm[0]['num_params']:,}. Test accuracy over seeds "
       f"{', '.join(FLAGS.seeds)}: **{lstm_spread} %**.", "",

@@ -28,7 +28,7 @@ import numpy as np
 import optax
 
 from seqjax import checkpoints as ckpt
-from seqjax import input_pipeline, models, predict, train
+from seqjax import input_pipeline, models, train
 from seqjax import workdir as workdir_lib
 
 FLAGS = flags.FLAGS
@@ -115,7 +115,7 @@ def replay_last_epoch(config, data, checkpoints, target, steps: list[int], probe
 
 def main(argv):
   del argv
-  config = predict.read_config(FLAGS.run)
+  config = workdir_lib.read_config(FLAGS.run)
   data = input_pipeline.load_data(config)
   splits = {name: input_pipeline.Split(s.inputs[:FLAGS.examples], s.labels[:FLAGS.examples])
             for name, s in (("train", data.train), ("test", data.test))}

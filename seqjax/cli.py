@@ -1,46 +1,24 @@
 """What the command-line entry points share: a quiet console and user errors as one line.
 
-Import it before anything that imports TensorFlow (clu, TFDS): TensorFlow only writes
-TensorBoard files here, and its start-up chatter would bury the run's own output.
+Importing it changes nothing; the commands call its functions.
 """
 
 import logging
 import os
-import platform
 import sys
 from collections.abc import Callable
 from typing import Any
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+from absl import logging as absl_logging
 
-from absl import logging as absl_logging  # noqa: E402
-
-from seqjax.errors import UserError  # noqa: E402
+from seqjax.errors import UserError
 
 
-# glibc's malloc hands large freed blocks back to the OS and faults fresh pages in on the next
-# allocation. XLA allocates its (T, B, 4H) sequence buffers anew at every step, and on the
-# 2-core VMs we measured, faulting those pages in cost as much as the LSTM's arithmetic, so
-# freed memory is kept in the process and backed by huge pages (README, Performance). glibc
-# reads these settings only at start-up.
-FAST_MALLOC = {"GLIBC_TUNABLES": "glibc.malloc.hugetlb=1:glibc.malloc.mmap_max=0"
-                                 ":glibc.malloc.trim_threshold=1099511627776"}
-
-
-def restart_with_fast_malloc() -> None:
-  """Re-executes this command with FAST_MALLOC, unless GLIBC_TUNABLES is already set.
-
-  Set GLIBC_TUNABLES (even to an empty string) to keep your own settings.
-  """
-  if sys.platform != "linux" or "GLIBC_TUNABLES" in os.environ:
-    return
-  if platform.libc_ver()[0] != "glibc":
-    return
-  os.environ.update(FAST_MALLOC)
-  sys.stdout.flush()
-  sys.stderr.flush()
-  os.execv(sys.executable, [sys.executable, *sys.orig_argv[1:]])
+def quiet_tensorflow() -> None:
+  """Keeps TensorFlow's start-up chatter (it only writes TensorBoard files here) from burying
+  the command's own output. Call it before anything imports TensorFlow (clu, TFDS)."""
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+  os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 
 
 class _SeqjaxInfoOnly(logging.Filter):

@@ -3,10 +3,10 @@
 Any config value can be overridden, e.g. `--config.num_epochs=1 --config.seed=3`.
 """
 
-from seqjax import cli  # First: it quiets TensorFlow before anything imports it.
+from seqjax import cli
 
 if __name__ == "__main__":
-  cli.restart_with_fast_malloc()  # Before the slow imports below.
+  cli.quiet_tensorflow()  # Before the imports below import it.
 
 import difflib  # noqa: E402
 import os  # noqa: E402

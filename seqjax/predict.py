@@ -14,42 +14,23 @@ import json
 import os
 import sys
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
-from seqjax import cli  # First: it quiets TensorFlow before anything imports it.
+from seqjax import cli
 
 if __name__ == "__main__":
-  cli.restart_with_fast_malloc()  # Before the slow imports below.
+  cli.quiet_tensorflow()  # Before the imports below import it.
 
 import jax  # noqa: E402
-import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 
 from seqjax import checkpoints as ckpt  # noqa: E402
-from seqjax import config as config_lib  # noqa: E402
-from seqjax import files, input_pipeline, models, tokenizer, train  # noqa: E402
+from seqjax import files, input_pipeline, malloc, models, progress, tokenizer, train  # noqa: E402
 from seqjax import workdir as workdir_lib  # noqa: E402
 from seqjax.errors import DataError  # noqa: E402
 
 LABELS = ("negative", "positive")
-
-
-def read_config(workdir: str) -> ml_collections.ConfigDict:
-  """The config a finished run was trained with (keys added since then at their defaults)."""
-  path = os.path.join(workdir, workdir_lib.CONFIG)
-  try:
-    with open(path) as f:
-      saved = json.load(f)
-  except (OSError, ValueError) as e:
-    raise DataError(f"Cannot read {path} ({e}). --workdir must be the workdir of a seqjax "
-                    "training run (it holds config.json, vocabulary.json and checkpoints/).") from e
-  config = config_lib.base_config()
-  unknown = sorted(set(saved) - set(config))
-  if unknown:
-    raise DataError(f"{path} has keys this seqjax does not know: {', '.join(unknown)}.")
-  config.update(saved)
-  return config
 
 
 class Predictor:
@@ -60,12 +41,13 @@ class Predictor:
     if not os.path.isdir(self.workdir):
       raise DataError(f"The workdir {self.workdir} does not exist. Pass the --workdir of a "
                       "finished `python -m seqjax.main` run.")
-    self.config = read_config(self.workdir)
+    self.config = workdir_lib.read_config(self.workdir)
     self.vocabulary = tokenizer.Vocabulary.load(os.path.join(self.workdir, workdir_lib.VOCABULARY))
     if self.vocabulary.top_words != self.config.top_words:
       raise DataError(f"vocabulary.json has top_words={self.vocabulary.top_words} but "
                       f"config.json has {self.config.top_words}: the workdir is inconsistent.")
     self.batch_size = batch_size
+    malloc.keep_freed_memory(jax.default_backend())
     self.model = models.create_model(self.config)
     self.checkpoint, self.step, self.params = self._restore()
     self._probabilities = jax.jit(
@@ -101,17 +83,21 @@ class Predictor:
         [self.vocabulary.encode(tokenizer.tokenize(t)) for t in texts],
         self.config.max_length, self.config.padding, self.config.truncating)
 
-  def predict(self, texts: Sequence[str | bytes]) -> np.ndarray:
-    """P(positive) for each text, float32 (N,).
+  def predict(self, texts: Sequence[str | bytes],
+              progress: Callable[[int], object] | None = None) -> np.ndarray:
+    """P(positive) for each text, float32 (N,); `progress(n)` is called as each batch of n
+    texts is done.
 
     A model trained with bucketing reads the texts in batches of similar length, each cut
     to its longest text's bucket; the results come back in the input order.
     """
     split = input_pipeline.Split(self.encode(texts), np.zeros(len(texts), np.int32))
     order = split.order(bool(self.config.bucket_width))
-    batches = input_pipeline.batches(split, self.batch_size, order, self.config.bucket_width)
-    out = [np.asarray(self._probabilities(self.params, batch["inputs"]))[batch["mask"] == 1]
-           for batch in batches]
+    out = []
+    for batch in input_pipeline.batches(split, self.batch_size, order, self.config.bucket_width):
+      out.append(np.asarray(self._probabilities(self.params, batch["inputs"]))[batch["mask"] == 1])
+      if progress:
+        progress(len(out[-1]))
     probabilities = np.zeros(len(texts), np.float32)
     probabilities[order] = np.concatenate(out) if out else []
     return probabilities
@@ -139,6 +125,15 @@ def read_lines(stream, name: str) -> Iterator[tuple[int, str]]:
     yield number, text
 
 
+def _count_lines(path: str) -> int:
+  """Lines in a file, a last line without a newline included."""
+  count, last = 0, b"\n"
+  with open(path, "rb") as f:
+    while block := f.read(1 << 20):
+      count, last = count + block.count(b"\n"), block[-1:]
+  return count + (last != b"\n")
+
+
 def _chunks(lines: Iterator[tuple[int, str]], size: int) -> Iterator[list[tuple[int, str]]]:
   chunk = []
   for item in lines:
@@ -151,12 +146,17 @@ def _chunks(lines: Iterator[tuple[int, str]], size: int) -> Iterator[list[tuple[
 
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("workdir", None, "Workdir of a finished `python -m seqjax.main` run.")
-flags.DEFINE_string("input", None, "File with one review per line; '-' reads standard input.")
-flags.DEFINE_string("output", None, "Write one JSON object per input line here (JSONL).")
-flags.DEFINE_integer("batch_size", 256, "Reviews per forward pass.")
-flags.DEFINE_integer("progress_every", 5000,
-                     "Reviews read at a time; progress goes to stderr after each such chunk.")
+
+
+def define_flags() -> None:
+  """The command's flags: defined by the command only, so that importing this module (as
+  `seqjax.load` does) leaves an absl program's own flags alone."""
+  flags.DEFINE_string("workdir", None, "Workdir of a finished `python -m seqjax.main` run.")
+  flags.DEFINE_string("input", None, "File with one review per line; '-' reads standard input.")
+  flags.DEFINE_string("output", None, "Write one JSON object per input line here (JSONL).")
+  flags.DEFINE_integer("batch_size", 256, "Reviews per forward pass.")
+  flags.DEFINE_integer("progress_every", 5000,
+                       "Reviews read at a time; progress goes to stderr after each such chunk.")
 
 
 def _run(texts: Sequence[str]) -> None:
@@ -177,9 +177,13 @@ def _run(texts: Sequence[str]) -> None:
     # The output file appears only once complete.
     out = (stack.enter_context(files.atomic_open(FLAGS.output, encoding="utf-8"))
            if FLAGS.output else None)
+    # With --output, the terminal shows a progress line (the texts' count, when known).
+    total = (len(texts) if FLAGS.input is None else
+             None if FLAGS.input == "-" else _count_lines(FLAGS.input))
+    bar = stack.enter_context(progress.bar(total, "predict", unit="reviews", shown=bool(out)))
     start, done = time.time(), 0
     for chunk in _chunks(lines, FLAGS.progress_every):
-      probabilities = predictor.predict([text for _, text in chunk])
+      probabilities = predictor.predict([text for _, text in chunk], bar.update)
       for (number, text), p in zip(chunk, probabilities, strict=True):
         label = LABELS[int(p > 0.5)]
         if out:
@@ -189,7 +193,7 @@ def _run(texts: Sequence[str]) -> None:
           preview = " ".join(text.split())
           print(f"{p:.4f}\t{label}\t{preview[:57] + '...' if len(preview) > 60 else preview}")
       done += len(chunk)
-      if done >= FLAGS.progress_every:
+      if done >= FLAGS.progress_every and bar.disable:
         print(f"{done} reviews from {name}, {done / (time.time() - start):.0f} reviews/s",
               file=sys.stderr)
   seconds = time.time() - start
@@ -207,4 +211,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)

@@ -21,7 +21,7 @@ from flax.training import train_state
 
 from seqjax import checkpoints as ckpt
 from seqjax import config as config_lib
-from seqjax import input_pipeline, models, parallel
+from seqjax import input_pipeline, malloc, models, parallel, progress
 from seqjax import workdir as workdir_lib
 from seqjax.errors import UserError
 
@@ -45,9 +45,14 @@ class Metrics(metrics.Collection):
   accuracy: metrics.Average.from_output("accuracy")
 
 
+def binary_cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
+  """(B,) losses of (B,) logits against (B,) 0/1 labels."""
+  return optax.sigmoid_binary_cross_entropy(logits, labels.astype(logits.dtype))
+
+
 def batch_metrics(logits: jax.Array, labels: jax.Array, mask: jax.Array) -> Metrics:
   """Loss and accuracy over the real (mask == 1) examples of a batch."""
-  losses = optax.sigmoid_binary_cross_entropy(logits, labels.astype(logits.dtype))
+  losses = binary_cross_entropy(logits, labels)
   correct = ((logits > 0) == (labels == 1)).astype(jnp.float32)
   return Metrics.single_from_model_output(loss=losses, accuracy=correct, mask=mask)
 
@@ -106,13 +111,17 @@ class TrainState(train_state.TrainState):
     return self.params if self.ema_params is None else self.ema_params
 
 
+def dummy_inputs(config: ml_collections.ConfigDict) -> jax.Array:
+  """(1, max_length) int32 padding: the input shape that builds the model's parameters."""
+  return jnp.zeros((1, config.max_length), jnp.int32)
+
+
 def create_train_state(config: ml_collections.ConfigDict, model: models.Classifier,
                        rng: jax.Array, steps_per_epoch: int = 1,
                        train_split: input_pipeline.Split | None = None) -> TrainState:
   """Fresh parameters and optimizer state. `steps_per_epoch` sets a schedule's length; a
   NaiveBayesBag's ratios are counted in `train_split` (else left at zero, to be restored)."""
-  dummy = jnp.zeros((1, config.max_length), jnp.int32)
-  params = model.init({"params": rng}, dummy, train=False)["params"]
+  params = model.init({"params": rng}, dummy_inputs(config), train=False)["params"]
   if uses_naive_bayes_bag(config) and train_split is not None:
     ratios = models.naive_bayes_ratios(train_split.inputs, train_split.labels, config.top_words,
                                        config.ngram_order, config.ngram_buckets)
@@ -160,7 +169,7 @@ def _train_step(state: TrainState, batch: dict[str, jax.Array], dropout_rng: jax
   def loss_fn(params, perturbation=None):
     logits = state.apply_fn({"params": params}, batch["inputs"], train=True,
                             perturbation=perturbation, rngs={"dropout": rng})
-    losses = optax.sigmoid_binary_cross_entropy(logits, batch["labels"].astype(logits.dtype))
+    losses = binary_cross_entropy(logits, batch["labels"])
     return jnp.sum(losses * batch["mask"]) / jnp.sum(batch["mask"]), logits
 
   if not adversarial_epsilon:
@@ -189,21 +198,28 @@ eval_step = jax.jit(_eval_step)
 
 def evaluate(state: TrainState, split: input_pipeline.Split, batch_size: int,
              bucket_width: int = 0, step: Callable = eval_step,
-             put_batch: Callable = lambda batch: batch) -> dict[str, float]:
-  """Loss and accuracy over every example of `split`, each counted once."""
-  total = None
-  for batch in input_pipeline.batches(split, batch_size, split.order(bool(bucket_width)),
-                                      bucket_width):
-    m = step(state, put_batch(batch))
-    total = m if total is None else total.merge(m)
+             put_batch: Callable = lambda batch: batch, description: str = "",
+             shown: bool = False) -> dict[str, float]:
+  """Loss and accuracy over every example of `split`, each counted once; a progress line
+  named `description` on the terminal if `shown`."""
+  total, done = None, 0
+  with progress.bar(len(split), description, shown=shown) as bar:
+    for batch in input_pipeline.batches(split, batch_size, split.order(bool(bucket_width)),
+                                        bucket_width):
+      m = step(state, put_batch(batch))
+      total = m if total is None else total.merge(m)
+      if not bar.disable:
+        # The step runs asynchronously: count the examples once it has run.
+        jax.block_until_ready(m)
+        done += int(batch["mask"].sum())
+        bar.update(done - bar.n)
   return {k: float(v) for k, v in total.compute().items()}
 
 
 def print_summary(model: models.Classifier, config: ml_collections.ConfigDict) -> None:
   """A table of layers, output shapes and parameter counts, like Keras' `model.summary()`."""
-  dummy = jnp.zeros((1, config.max_length), jnp.int32)
-  print(model.tabulate({"params": jax.random.PRNGKey(0)}, dummy, train=False, depth=1,
-                       console_kwargs={"force_terminal": False, "width": 110}), flush=True)
+  print(model.tabulate({"params": jax.random.PRNGKey(0)}, dummy_inputs(config), train=False,
+                       depth=1, console_kwargs={"force_terminal": False, "width": 110}), flush=True)
   if uses_naive_bayes_bag(config):
     print(f"Of these, the {config.ngram_buckets:,} naive-Bayes ratios ({models.LOG_COUNT_RATIO}) "
           "are counted from the training split, not trained.", flush=True)
@@ -242,7 +258,8 @@ def _evaluate_splits(state: TrainState, splits: dict[str, input_pipeline.Split],
   start = time.time()
   record = {f"{name}_{k}": v for name, split in splits.items()
             for k, v in evaluate(state, split, config.eval_batch_size, config.bucket_width,
-                                 step, put_batch).items()}
+                                 step, put_batch, f"evaluate {name}",
+                                 jax.process_index() == 0).items()}
   return {**record, "eval_seconds": round(time.time() - start, 2)}
 
 
@@ -301,6 +318,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   config_lib.validate(config)
   devices = parallel.DataParallel.over_all_devices()
   devices.check_batch_sizes(config.batch_size, config.eval_batch_size)
+  malloc.keep_freed_memory(jax.default_backend())
   workdir = os.path.abspath(workdir)
   workdir_lib.check_config(workdir, config)
   data = input_pipeline.load_data(config)
@@ -363,32 +381,40 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       if not skip:
         epoch_metrics = jax.device_put(Metrics.empty(), replicated)
       epoch_start = time.time()
-      for i, batch in enumerate(input_pipeline.batches(data.train, config.batch_size, order,
-                                                       config.bucket_width)):
-        if i < skip:
-          continue
-        state, step_metrics = sharded_train_step(state, devices.put_batch(batch), dropout_rng)
-        epoch_metrics = epoch_metrics.merge(step_metrics)
-        step = epoch * steps_per_epoch + i + 1
-        first_bad_step = jnp.where((first_bad_step < 0) & ~jnp.isfinite(
-            step_metrics.loss.total), step, first_bad_step)
-        report_progress(step)
-        if step % config.log_every_steps == 0:
-          _check_finite(first_bad_step, checkpoints)
-          m = epoch_metrics.compute()
-          logging.info("epoch %d/%d  step %d/%d  loss %.4f  accuracy %.4f  %.0f examples/s",
-                       epoch + 1, config.num_epochs, i + 1, steps_per_epoch, m["loss"],
-                       m["accuracy"],
-                       (i + 1 - skip) * config.batch_size / (time.time() - epoch_start))
-        if stop or (config.checkpoint_every_steps and step % config.checkpoint_every_steps == 0
-                    and i + 1 < steps_per_epoch):
-          _check_finite(first_bad_step, checkpoints)
-          checkpoints.save(step, state, epoch_metrics)
-        if stop:
-          name = signal.Signals(stop[0]).name
-          raise Interrupted(f"{name} received: saved the checkpoint of step {step} in "
-                            f"{checkpoints.directory}. Rerun the same command to resume.",
-                            exit_code=128 + stop[0])
+      with progress.bar(len(data.train), f"epoch {epoch + 1}/{config.num_epochs}",
+                        initial=min(len(data.train), skip * config.batch_size),
+                        shown=is_main) as bar:
+        for i, batch in enumerate(input_pipeline.batches(data.train, config.batch_size, order,
+                                                         config.bucket_width)):
+          if i < skip:
+            continue
+          state, step_metrics = sharded_train_step(state, devices.put_batch(batch), dropout_rng)
+          epoch_metrics = epoch_metrics.merge(step_metrics)
+          step = epoch * steps_per_epoch + i + 1
+          if not bar.disable:
+            # The step runs asynchronously: count its examples once it has run.
+            jax.block_until_ready(step_metrics)
+            bar.update(min(len(data.train), (i + 1) * config.batch_size) - bar.n)
+            bar.set_postfix_str(f"step {i + 1}/{steps_per_epoch}", refresh=False)
+          first_bad_step = jnp.where((first_bad_step < 0) & ~jnp.isfinite(
+              step_metrics.loss.total), step, first_bad_step)
+          report_progress(step)
+          if step % config.log_every_steps == 0:
+            _check_finite(first_bad_step, checkpoints)
+            m = epoch_metrics.compute()
+            logging.info("epoch %d/%d  step %d/%d  loss %.4f  accuracy %.4f  %.0f examples/s",
+                         epoch + 1, config.num_epochs, i + 1, steps_per_epoch, m["loss"],
+                         m["accuracy"],
+                         (i + 1 - skip) * config.batch_size / (time.time() - epoch_start))
+          if stop or (config.checkpoint_every_steps and step % config.checkpoint_every_steps == 0
+                      and i + 1 < steps_per_epoch):
+            _check_finite(first_bad_step, checkpoints)
+            checkpoints.save(step, state, epoch_metrics)
+          if stop:
+            name = signal.Signals(stop[0]).name
+            raise Interrupted(f"{name} received: saved the checkpoint of step {step} in "
+                              f"{checkpoints.directory}. Rerun the same command to resume.",
+                              exit_code=128 + stop[0])
       _check_finite(first_bad_step, checkpoints)
       train_seconds = time.time() - epoch_start
       num_trained = min(len(data.train), (steps_per_epoch - skip) * config.batch_size)

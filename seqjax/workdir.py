@@ -15,7 +15,7 @@ import ml_collections
 
 from seqjax import config as config_lib
 from seqjax import files
-from seqjax.errors import ConfigError
+from seqjax.errors import ConfigError, DataError
 
 CONFIG = "config.json"
 VOCABULARY = "vocabulary.json"
@@ -27,22 +27,38 @@ BEST_CHECKPOINT = "best_checkpoint"
 RUN_FILES = (CONFIG, VOCABULARY, METRICS, RESULTS, CHECKPOINTS, BEST_CHECKPOINT,
              f"{CHECKPOINTS}-unreadable", f"{BEST_CHECKPOINT}-unreadable")
 
-# Keys that change how a run is watched or stored, not what it computes: a workdir may be
-# resumed with other values for these. num_epochs is one of them because each epoch's data
-# order depends only on (seed, epoch): a run extended to more epochs continues exactly as a
-# longer run would have (unless a learning-rate schedule spans num_epochs).
-NON_RESULT_KEYS = frozenset({"data_dir", "cache_dir", "download", "num_epochs", "log_every_steps",
-                             "checkpoint_every_steps", "keep_checkpoints", "eval_batch_size"})
+# Keys that change how a run is named, watched or stored, not what it computes: a workdir may
+# be resumed with other values for these (a renamed config file reads its old runs).
+# num_epochs is one of them because each epoch's data order depends only on (seed, epoch): a
+# run extended to more epochs continues exactly as a longer run would have (unless a
+# learning-rate schedule spans num_epochs).
+NON_RESULT_KEYS = frozenset({"name", "data_dir", "cache_dir", "download", "num_epochs",
+                             "log_every_steps", "checkpoint_every_steps", "keep_checkpoints",
+                             "eval_batch_size"})
+
+
+def read_config(workdir: str) -> ml_collections.ConfigDict:
+  """The config a run was written with; keys added to seqjax since then at their defaults."""
+  path = os.path.join(workdir, CONFIG)
+  try:
+    with open(path) as f:
+      saved = json.load(f)
+  except (OSError, ValueError) as e:
+    raise DataError(f"Cannot read {path} ({e}). The workdir must be that of a seqjax "
+                    "training run (it holds config.json, vocabulary.json and checkpoints/).") from e
+  config = config_lib.base_config()
+  unknown = sorted(set(saved) - set(config))
+  if unknown:
+    raise DataError(f"{path} has keys this seqjax does not know: {', '.join(unknown)}.")
+  config.update(saved)
+  return config
 
 
 def check_config(workdir: str, config: ml_collections.ConfigDict) -> None:
   """Refuses to resume a workdir that was written by a config computing something else."""
-  path = os.path.join(workdir, CONFIG)
-  if not os.path.exists(path):
+  if not os.path.exists(os.path.join(workdir, CONFIG)):
     return
-  with open(path) as f:
-    # Keys added to seqjax after that run was written have their defaults in it.
-    previous = {**json.loads(config_lib.base_config().to_json()), **json.load(f)}
+  previous = json.loads(read_config(workdir).to_json())
   current = json.loads(config.to_json())
   ignored = NON_RESULT_KEYS
   if current["learning_rate_schedule"] != "constant":

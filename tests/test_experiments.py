@@ -20,7 +20,7 @@ def finished_run(workdir, config):
 
 
 def test_launch_reads_a_finished_run_of_the_same_config(tmp_path):
-  config_file = PROJECT_ROOT / "configs" / "best.py"
+  config_file = PROJECT_ROOT / "configs" / "naive_bayes_bag.py"
   config = config_lib.from_file(config_file)
   config.seed = 8
   finished_run(tmp_path / "run", config)
@@ -29,7 +29,7 @@ def test_launch_reads_a_finished_run_of_the_same_config(tmp_path):
 
 
 def test_launch_refuses_a_finished_run_of_another_config(tmp_path):
-  config_file = PROJECT_ROOT / "configs" / "best.py"
+  config_file = PROJECT_ROOT / "configs" / "naive_bayes_bag.py"
   finished_run(tmp_path / "run", config_lib.from_file(config_file))
   with pytest.raises(ConfigError, match=r"ngram_order: 3 -> 2"):
     common.launch(config_file, tmp_path / "run", {"ngram_order": 2})

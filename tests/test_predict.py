@@ -80,6 +80,44 @@ def test_cli_prints_a_probability_and_label_per_text(trained):
   assert b"checkpoint of step" in result.stderr and b"(the last)" in result.stderr
 
 
+# An absl program with a --workdir flag of its own, which loads a seqjax model by it.
+ABSL_APP = """
+import json, sys
+from absl import app, flags
+flags.DEFINE_string("workdir", None, "This program's own --workdir.")
+import seqjax
+
+def main(argv):
+  print(json.dumps(seqjax.load(flags.FLAGS.workdir).predict(argv[1:]).tolist()))
+
+app.run(main)
+"""
+
+
+def test_absl_program_with_its_own_workdir_flag_can_load_and_predict(trained):
+  texts = ["Great film, superb!", "awful and boring"]
+  result = subprocess.run([sys.executable, "-c", ABSL_APP, f"--workdir={trained[0]}", *texts],
+                          cwd=PROJECT_ROOT, capture_output=True, timeout=300)
+  assert result.returncode == 0, result.stderr.decode()[-2000:]
+  probabilities = json.loads(result.stdout.decode().splitlines()[-1])
+  np.testing.assert_allclose(probabilities, seqjax.load(str(trained[0])).predict(texts),
+                             atol=1e-6)
+
+
+def test_importing_seqjax_defines_no_flags_and_sets_no_environment():
+  check = """
+import json, os
+from absl import flags
+before = (set(flags.FLAGS), dict(os.environ))
+import seqjax, seqjax.predict, seqjax.train
+print(json.dumps([sorted(set(flags.FLAGS) - before[0]), dict(os.environ) == before[1]]))
+"""
+  result = subprocess.run([sys.executable, "-c", check], cwd=PROJECT_ROOT, capture_output=True,
+                          timeout=300)
+  assert result.returncode == 0, result.stderr.decode()[-2000:]
+  assert json.loads(result.stdout.decode().splitlines()[-1]) == [[], True]
+
+
 def test_cli_file_with_crlf_and_invalid_utf8_gives_jsonl_in_order(trained, tmp_path):
   lines = [b"Great film, superb!", b"awful \xff\xfe boring", b"", "Café 😀".encode(),
            b"terrible <br /> dull"]

@@ -133,13 +133,21 @@ def test_missing_data_exits_at_once_with_where_and_how(tmp_path):
   assert not (tmp_path / "run").exists()
 
 
+def test_every_config_is_named_after_its_file():
+  for path in sorted((PROJECT_ROOT / "configs").glob("*.py")):
+    assert load_config(path.stem).name == path.stem
+
+
 @pytest.mark.parametrize("name", ["lstm_dropout", "lstm_recurrent_dropout", "bilstm",
-                                  "cnn_lstm", "best"])
-def test_every_tutorial_config_trains(tiny_data_dir, tmp_path, name):
+                                  "cnn_lstm", "naive_bayes_bag", "tuned_bilstm",
+                                  "bilstm_naive_bayes_bag"])
+def test_every_config_trains(tiny_data_dir, tmp_path, name):
   config = load_config(name)
   tiny = tiny_overrides(tiny_data_dir, tmp_path / "cache")
   if not config.lstm_units:
     del tiny["lstm_units"]  # A bag alone stays one.
+  if config.embedding_top_words:
+    tiny["embedding_top_words"] = tiny["top_words"] // 2
   config.update(tiny, num_epochs=1, log_every_steps=1000)
   if config.validation_size:
     config.validation_size = 20
