@@ -10,10 +10,10 @@ runs in a fresh process, so peak memory (the process's maximum resident set) is 
 framework uses every core (JAX by default; TensorFlow and PyTorch are told so). Besides Keras 3
 (TensorFlow backend, with and without XLA) and PyTorch, the peers include "flax": the
 straightforward Flax model (nn.RNN over nn.OptimizedLSTMCell). seqjax runs with the malloc
-settings its commands set in-process (seqjax/malloc.py); every peer is timed with and without
-the same settings (as GLIBC_TUNABLES) and keeps its better figures; --seqjax_mallocs times
-seqjax under other settings too. "seqjax_2dev" is seqjax with the CPU split into two XLA
-devices (the batch split over the cores); it is shown beside seqjax, as an option, not counted as either. Prints
+settings its commands restart with (seqjax/malloc.py); every peer is timed with and without
+them and keeps its better figures; --seqjax_mallocs times seqjax under other settings too
+(MALLOC_ENVS). "seqjax_2dev" is seqjax with the CPU split into two XLA devices (the batch
+split over the cores); it is shown beside seqjax, as an option, not counted as either. Prints
 a table and the ratios of seqjax to the best other framework, and writes JSON with every
 measurement.
 """
@@ -34,18 +34,17 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 MODELS = ["lstm", "lstm_dropout", "lstm_recurrent_dropout", "bilstm", "cnn_lstm"]
 TRAIN_BATCH, INFER_BATCH, LENGTH, VOCAB = 64, 256, 500, 5000
 
-# seqjax sets its malloc settings in-process ("mallopt", seqjax/malloc.py). They speed up
-# other frameworks too (PyTorch most), so each other framework is timed both without them and
-# with them as start-up tunables, and keeps its best. "tunables_hugetlb" adds huge pages, which
-# glibc offers only as a start-up tunable (what seqjax's commands restarted with before).
-MALLOC_ENVS = {"default": {"GLIBC_TUNABLES": ""}, "mallopt": {}, "tunables": malloc.TUNABLES,
-               "tunables_hugetlb": {"GLIBC_TUNABLES": "glibc.malloc.hugetlb=1:"
-                                                      + malloc.TUNABLES["GLIBC_TUNABLES"]}}
+# seqjax's commands restart with malloc settings that include huge pages ("restart",
+# seqjax/malloc.py); "mallopt" is what seqjax.load and train.train_and_evaluate set in-process
+# without a restart, "default" glibc's own. The settings speed up other frameworks too
+# (PyTorch most), so each other framework is timed with and without them, keeping its best.
+MALLOC_ENVS = {"default": {"GLIBC_TUNABLES": ""}, "mallopt": {},
+               "restart": {"GLIBC_TUNABLES": malloc.HUGE_PAGE_TUNABLES}}
+PEER_MALLOCS = ["default", "restart"]
 # seqjax_2dev: seqjax with the CPU split into one XLA device per core (data parallel over the
 # cores, as train.py runs on several devices). Not what seqjax's commands do by default, so it
 # is shown beside seqjax, not counted as seqjax or as a peer.
 FRAMEWORK_ENVS = {"seqjax_2dev": {"XLA_FLAGS": "--xla_force_host_platform_device_count=2"}}
-PEER_MALLOCS = ["default", "tunables"]
 
 
 def _timed(fn, steps: int) -> tuple[float, float]:
@@ -313,7 +312,7 @@ def main() -> None:
                                    "torch"],
                     "What to time.")
   flags.DEFINE_list("models", MODELS, "Tutorial models to time.")
-  flags.DEFINE_list("seqjax_mallocs", ["mallopt"], "malloc settings to time seqjax with: "
+  flags.DEFINE_list("seqjax_mallocs", ["restart"], "malloc settings to time seqjax with: "
                     f"{', '.join(MALLOC_ENVS)} (benchmarks/benchmark.py's MALLOC_ENVS).")
   flags.DEFINE_integer("steps", 20, "Timed calls per measurement (after one warm-up call).")
   flags.DEFINE_string("output", str(ROOT / "benchmarks" / "results.json"), "JSON output.")

@@ -3,10 +3,11 @@
 Any config value can be overridden, e.g. `--config.num_epochs=1 --config.seed=3`.
 """
 
-from seqjax import cli
+from seqjax import cli, malloc
 
 if __name__ == "__main__":
-  cli.quiet_tensorflow()  # Before the imports below import it.
+  malloc.restart_with_huge_pages()  # Before the slow imports below.
+  cli.quiet_tensorflow()  # Before the imports below import TensorFlow.
 
 import difflib  # noqa: E402
 import os  # noqa: E402

@@ -16,17 +16,18 @@ import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 
-from seqjax import cli
+from seqjax import cli, malloc
 
 if __name__ == "__main__":
-  cli.quiet_tensorflow()  # Before the imports below import it.
+  malloc.restart_with_huge_pages()  # Before the slow imports below.
+  cli.quiet_tensorflow()  # Before the imports below import TensorFlow.
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 
 from seqjax import checkpoints as ckpt  # noqa: E402
-from seqjax import files, input_pipeline, malloc, models, progress, tokenizer, train  # noqa: E402
+from seqjax import files, input_pipeline, models, progress, tokenizer, train  # noqa: E402
 from seqjax import workdir as workdir_lib  # noqa: E402
 from seqjax.errors import DataError  # noqa: E402
 

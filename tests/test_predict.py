@@ -105,17 +105,22 @@ def test_absl_program_with_its_own_workdir_flag_can_load_and_predict(trained):
 
 
 def test_importing_seqjax_defines_no_flags_and_sets_no_environment():
+  """`import seqjax` defines no flag at all; its modules, which import libraries that define
+  their own (absl, orbax, TFDS), define none of seqjax's; neither changes the environment."""
   check = """
 import json, os
 from absl import flags
 before = (set(flags.FLAGS), dict(os.environ))
-import seqjax, seqjax.predict, seqjax.train
-print(json.dumps([sorted(set(flags.FLAGS) - before[0]), dict(os.environ) == before[1]]))
+import seqjax
+package = sorted(set(flags.FLAGS) - before[0])
+import seqjax.predict, seqjax.train
+modules = sorted(m for m in flags.FLAGS.flags_by_module_dict() if m.startswith("seqjax"))
+print(json.dumps([package, modules, dict(os.environ) == before[1]]))
 """
   result = subprocess.run([sys.executable, "-c", check], cwd=PROJECT_ROOT, capture_output=True,
                           timeout=300)
   assert result.returncode == 0, result.stderr.decode()[-2000:]
-  assert json.loads(result.stdout.decode().splitlines()[-1]) == [[], True]
+  assert json.loads(result.stdout.decode().splitlines()[-1]) == [[], [], True]
 
 
 def test_cli_file_with_crlf_and_invalid_utf8_gives_jsonl_in_order(trained, tmp_path):
