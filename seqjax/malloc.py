@@ -38,23 +38,9 @@ def _glibc() -> bool:
   return sys.platform == "linux" and platform.libc_ver()[0] == "glibc"
 
 
-def _tunables_at_start() -> str | None:
-  """GLIBC_TUNABLES as this process was started with it (glibc reads it only then)."""
-  try:
-    with open("/proc/self/environ", "rb") as f:
-      for entry in f.read().split(b"\0"):
-        if entry.startswith(b"GLIBC_TUNABLES="):
-          return entry.split(b"=", 1)[1].decode(errors="replace")
-  except OSError:
-    pass
-  return None
-
-
-def _user_settings() -> bool:
-  """Whether GLIBC_TUNABLES was set by someone other than seqjax's restart."""
-  at_start = _tunables_at_start()
-  return ("GLIBC_TUNABLES" in os.environ
-          or (at_start is not None and at_start != HUGE_PAGE_TUNABLES))
+# Set once this process has restarted with HUGE_PAGE_TUNABLES (and removed them from its
+# environment): glibc read them at start-up.
+_restarted = False
 
 
 @functools.cache
@@ -65,7 +51,7 @@ def keep_freed_memory(backend: str) -> bool:
   Nothing is done on other backends, on other C libraries, where GLIBC_TUNABLES is set, or
   after the commands' restart (which set the same and more).
   """
-  if backend != "cpu" or not _glibc() or _user_settings() or _tunables_at_start():
+  if backend != "cpu" or not _glibc() or "GLIBC_TUNABLES" in os.environ or _restarted:
     return False
   libc = ctypes.CDLL(ctypes.util.find_library("c"))
   return bool(libc.mallopt(M_MMAP_MAX, 0)) and bool(libc.mallopt(M_TRIM_THRESHOLD,
@@ -94,12 +80,14 @@ def restart_with_huge_pages() -> None:
   starts get glibc's defaults. Nothing is done where GLIBC_TUNABLES is set (even to an
   empty string).
   """
+  global _restarted
   if not _glibc():
     return
-  if _tunables_at_start() == HUGE_PAGE_TUNABLES and "GLIBC_TUNABLES" in os.environ:
-    del os.environ["GLIBC_TUNABLES"]  # Restarted: glibc has read it; children need not.
+  if os.environ.get("GLIBC_TUNABLES") == HUGE_PAGE_TUNABLES:  # This is the restarted process.
+    del os.environ["GLIBC_TUNABLES"]  # glibc has read it; the programs this one starts need not.
+    _restarted = True
     return
-  if _user_settings() or not _cpu_only():
+  if "GLIBC_TUNABLES" in os.environ or not _cpu_only():
     return
   sys.stdout.flush()
   sys.stderr.flush()
