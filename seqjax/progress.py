@@ -13,7 +13,7 @@ import tqdm
 from absl import logging as absl_logging
 
 BAR_FORMAT = ("{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} {unit} "
-              "[{elapsed}<{remaining}, {rate_fmt}{postfix}]")
+              "[{rate_fmt}, ETA {remaining}{postfix}]")
 
 
 class _ClearBar(logging.Filter):

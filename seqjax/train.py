@@ -394,8 +394,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
           if not bar.disable:
             # The step runs asynchronously: count its examples once it has run.
             jax.block_until_ready(step_metrics)
-            bar.update(min(len(data.train), (i + 1) * config.batch_size) - bar.n)
             bar.set_postfix_str(f"step {i + 1}/{steps_per_epoch}", refresh=False)
+            bar.update(min(len(data.train), (i + 1) * config.batch_size) - bar.n)
           first_bad_step = jnp.where((first_bad_step < 0) & ~jnp.isfinite(
               step_metrics.loss.total), step, first_bad_step)
           report_progress(step)

@@ -1,9 +1,14 @@
 """Training: it learns, it is reproducible, and `python -m seqjax.main` runs end to end."""
 
+import fcntl
 import json
 import os
+import pty
+import re
+import struct
 import subprocess
 import sys
+import termios
 
 import jax
 import jax.numpy as jnp
@@ -32,6 +37,30 @@ def run_main(workdir, *overrides, config="configs/lstm.py"):
       [sys.executable, "-m", "seqjax.main", f"--config={PROJECT_ROOT / config}",
        f"--workdir={workdir}", *overrides],
       cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=600)
+
+
+def run_main_on_a_terminal(workdir, *overrides) -> str:
+  """`python -m seqjax.main` with stderr on a pseudo-terminal; what it wrote there."""
+  main_fd, terminal_fd = pty.openpty()
+  # 50 rows of 160 columns: a new pseudo-terminal has no size, and a bar would get no width.
+  fcntl.ioctl(terminal_fd, termios.TIOCSWINSZ, struct.pack("HHHH", 50, 160, 0, 0))
+  process = subprocess.Popen(
+      [sys.executable, "-m", "seqjax.main", f"--config={PROJECT_ROOT / 'configs/lstm.py'}",
+       f"--workdir={workdir}", *overrides],
+      cwd=PROJECT_ROOT, stdout=subprocess.DEVNULL, stderr=terminal_fd)
+  os.close(terminal_fd)
+  output = []
+  while True:  # Read as it comes, so that the child never blocks on a full terminal.
+    try:
+      data = os.read(main_fd, 65536)
+    except OSError:  # EIO: the child closed the terminal.
+      break
+    if not data:
+      break
+    output.append(data)
+  os.close(main_fd)
+  assert process.wait(timeout=600) == 0, b"".join(output).decode(errors="replace")[-2000:]
+  return b"".join(output).decode(errors="replace")
 
 
 def overrides_as_flags(overrides: dict) -> list[str]:
@@ -83,6 +112,8 @@ def test_main_trains_end_to_end_and_writes_its_outputs(tiny_data_dir, tmp_path):
   result = run_main(workdir, *overrides_as_flags(overrides))
   assert result.returncode == 0, result.stderr[-3000:]
   assert "Total Parameters" in result.stdout  # The model summary comes first.
+  assert "ETA" not in result.stderr.replace("ETA: ", "")  # No progress line off a terminal
+  # (clu's own "ETA: " log note aside).
 
   results = json.loads((workdir / "results.json").read_text())
   assert results["config_name"] == "lstm"
@@ -99,6 +130,19 @@ def test_main_trains_end_to_end_and_writes_its_outputs(tiny_data_dir, tmp_path):
   assert json.loads((workdir / "config.json").read_text())["dataset"] == "tiny_reviews"
   assert any(name.startswith("events.out.tfevents") for name in os.listdir(workdir))
   assert os.listdir(workdir / "checkpoints")
+
+
+def test_main_on_a_terminal_shows_progress_with_eta_for_training_and_evaluation(tiny_data_dir,
+                                                                               tmp_path):
+  overrides = tiny_overrides(tiny_data_dir, tmp_path / "cache")
+  output = run_main_on_a_terminal(tmp_path / "run", *overrides_as_flags(overrides))
+  for what in ("epoch 1/2", "epoch 2/2", "evaluate test"):
+    line = next((part for part in output.replace("\n", "\r").split("\r")
+                 if part.startswith(f"{what}:") and "ETA" in part), None)
+    assert line is not None, f"no progress line for {what!r} in: {output[-2000:]}"
+    assert "ex/s" in line
+  assert re.search(r"ex/s, ETA [0-9:]+, step \d+/13\]", output)  # The step, too.
+  assert "epoch 2/2  train_loss" in output  # The log lines are still there.
 
 
 def test_rerun_resumes_and_extends_to_the_same_result(tiny_data_dir, tmp_path):
