@@ -33,6 +33,7 @@ setuptools.setup(
         "orbax-checkpoint>=0.12.8",
         "tensorboard>=2.21.0",
         "tensorflow-datasets>=4.9.10",
+        "tqdm>=4.70.1",  # The progress line on a terminal.
         # clu's TensorBoard writer and TFDS' download-and-prepare of IMDB both need TensorFlow;
         # no model code runs in it.
         "tensorflow-cpu>=2.21.0; platform_system == 'Linux'",

@@ -13,12 +13,15 @@ import pathlib
 from seqjax import config as config_lib
 
 
+# What configs/naive_bayes_bag.py's bag is made of.
+BAG_KEYS = ("top_words", "ngram_order", "ngram_buckets", "ngram_bag")
+
+
 def get_config():
-  config = config_lib.from_file(pathlib.Path(__file__).with_name("tuned_bilstm.py"))
+  here = pathlib.Path(__file__).parent
+  bag = config_lib.from_file(here / "naive_bayes_bag.py")
+  config = config_lib.from_file(here / "tuned_bilstm.py")
   config.name = "bilstm_naive_bayes_bag"
-  config.top_words = 30000
-  config.embedding_top_words = 5000
-  config.ngram_order = 3
-  config.ngram_buckets = 2**22
-  config.ngram_bag = "naive_bayes"
+  config.update({key: bag[key] for key in BAG_KEYS})
+  config.embedding_top_words = 5000  # The BiLSTM reads the words it was tuned with.
   return config

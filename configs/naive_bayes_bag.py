@@ -17,23 +17,11 @@ from seqjax import config as config_lib
 
 
 def get_config():
-  config = config_lib.base_config()
+  config = config_lib.tuned_training(config_lib.base_config())
   config.name = "naive_bayes_bag"
   config.top_words = 30000
-  config.max_length = 800
-  config.padding = "post"
-  config.mask_padding = True
-  config.bucket_width = 50
   config.lstm_units = 0
   config.ngram_order = 3
   config.ngram_buckets = 2**22
   config.ngram_bag = "naive_bayes"
-  config.learning_rate = 2e-3
-  config.learning_rate_schedule = "cosine"
-  config.gradient_clip_norm = 1.0
-  config.batch_size = 32
-  config.ema_decay = 0.998
-  config.num_epochs = 5
-  config.validation_size = 2500
-  config.evaluate_test = "best_epoch"
   return config

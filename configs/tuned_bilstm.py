@@ -15,12 +15,8 @@ from seqjax import config as config_lib
 
 
 def get_config():
-  config = config_lib.base_config()
+  config = config_lib.tuned_training(config_lib.base_config())
   config.name = "tuned_bilstm"
-  config.max_length = 800
-  config.padding = "post"
-  config.mask_padding = True
-  config.bucket_width = 50
   config.embedding_dim = 64
   config.word_dropout = 0.3
   config.embedding_dropout = 0.3
@@ -30,12 +26,4 @@ def get_config():
   config.pooling = "max_mean"
   config.output_dropout = 0.5
   config.adversarial_epsilon = 0.15
-  config.learning_rate = 2e-3
-  config.learning_rate_schedule = "cosine"
-  config.gradient_clip_norm = 1.0
-  config.batch_size = 32
-  config.ema_decay = 0.998
-  config.num_epochs = 5
-  config.validation_size = 2500
-  config.evaluate_test = "best_epoch"
   return config
