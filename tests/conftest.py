@@ -1,6 +1,13 @@
 """Shared fixtures: a tiny TFDS dataset the tests write themselves, and the path of real IMDB."""
 
+import fcntl
+import os
 import pathlib
+import pty
+import struct
+import subprocess
+import sys
+import termios
 
 import numpy as np
 import pytest
@@ -65,3 +72,27 @@ def tiny_overrides(data_dir, cache_dir) -> dict:
   return dict(dataset="tiny_reviews", data_dir=str(data_dir), cache_dir=str(cache_dir),
               download=False, top_words=30, max_length=40, embedding_dim=8, lstm_units=8,
               batch_size=16, eval_batch_size=16, num_epochs=2, learning_rate=0.01)
+
+
+def run_on_a_terminal(args: list[str]) -> str:
+  """`python *args` from the project root with stderr on a pseudo-terminal; what it wrote
+  there (it must succeed)."""
+  main_fd, terminal_fd = pty.openpty()
+  # 50 rows of 160 columns: a new pseudo-terminal has no size, and a bar would get no width.
+  fcntl.ioctl(terminal_fd, termios.TIOCSWINSZ, struct.pack("HHHH", 50, 160, 0, 0))
+  process = subprocess.Popen([sys.executable, *args], cwd=PROJECT_ROOT,
+                             stdout=subprocess.DEVNULL, stderr=terminal_fd)
+  os.close(terminal_fd)
+  output = []
+  while True:  # Read as it comes, so that the child never blocks on a full terminal.
+    try:
+      data = os.read(main_fd, 65536)
+    except OSError:  # EIO: the child closed the terminal.
+      break
+    if not data:
+      break
+    output.append(data)
+  os.close(main_fd)
+  text = b"".join(output).decode(errors="replace")
+  assert process.wait(timeout=600) == 0, text[-2000:]
+  return text

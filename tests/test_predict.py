@@ -1,6 +1,7 @@
 """Prediction on raw text from a trained workdir, through the Python API and the command line."""
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -10,7 +11,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 import seqjax
-from conftest import PROJECT_ROOT, tiny_overrides
+from conftest import PROJECT_ROOT, run_on_a_terminal, tiny_overrides
 from seqjax import config as config_lib
 from seqjax import train
 from seqjax.errors import DataError
@@ -139,6 +140,15 @@ def test_cli_file_with_crlf_and_invalid_utf8_gives_jsonl_in_order(trained, tmp_p
   assert crlf == lf  # '\r' is not part of a review.
   api = seqjax.load(str(trained[0])).predict([x.decode(errors="replace") for x in lines])
   np.testing.assert_allclose([r["probability"] for r in crlf], api, atol=1e-6)
+
+
+def test_cli_writing_a_file_shows_progress_with_eta_on_a_terminal(trained, tmp_path):
+  (tmp_path / "in.txt").write_text("great film\n" * 600)
+  output = run_on_a_terminal(["-m", "seqjax.predict", f"--workdir={trained[0]}",
+                              f"--input={tmp_path / 'in.txt'}",
+                              f"--output={tmp_path / 'out.jsonl'}"])
+  assert re.search(r"predict: +\d+%\|.*\| \d+/600 reviews \[.*reviews/s, ETA", output), output
+  assert len((tmp_path / "out.jsonl").read_text().splitlines()) == 600
 
 
 def test_cli_reads_standard_input(trained):

@@ -1,14 +1,10 @@
 """Training: it learns, it is reproducible, and `python -m seqjax.main` runs end to end."""
 
-import fcntl
 import json
 import os
-import pty
 import re
-import struct
 import subprocess
 import sys
-import termios
 
 import jax
 import jax.numpy as jnp
@@ -18,7 +14,8 @@ import pytest
 import tensorflow_datasets as tfds
 
 import seqjax
-from conftest import PROJECT_ROOT, REAL_DATA_DIR, TinyReviews, load_config, tiny_overrides
+from conftest import (PROJECT_ROOT, REAL_DATA_DIR, TinyReviews, load_config, run_on_a_terminal,
+                      tiny_overrides)
 from seqjax import config as config_lib
 from seqjax import input_pipeline, models, train
 from seqjax import workdir as workdir_lib
@@ -37,30 +34,6 @@ def run_main(workdir, *overrides, config="configs/lstm.py"):
       [sys.executable, "-m", "seqjax.main", f"--config={PROJECT_ROOT / config}",
        f"--workdir={workdir}", *overrides],
       cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=600)
-
-
-def run_main_on_a_terminal(workdir, *overrides) -> str:
-  """`python -m seqjax.main` with stderr on a pseudo-terminal; what it wrote there."""
-  main_fd, terminal_fd = pty.openpty()
-  # 50 rows of 160 columns: a new pseudo-terminal has no size, and a bar would get no width.
-  fcntl.ioctl(terminal_fd, termios.TIOCSWINSZ, struct.pack("HHHH", 50, 160, 0, 0))
-  process = subprocess.Popen(
-      [sys.executable, "-m", "seqjax.main", f"--config={PROJECT_ROOT / 'configs/lstm.py'}",
-       f"--workdir={workdir}", *overrides],
-      cwd=PROJECT_ROOT, stdout=subprocess.DEVNULL, stderr=terminal_fd)
-  os.close(terminal_fd)
-  output = []
-  while True:  # Read as it comes, so that the child never blocks on a full terminal.
-    try:
-      data = os.read(main_fd, 65536)
-    except OSError:  # EIO: the child closed the terminal.
-      break
-    if not data:
-      break
-    output.append(data)
-  os.close(main_fd)
-  assert process.wait(timeout=600) == 0, b"".join(output).decode(errors="replace")[-2000:]
-  return b"".join(output).decode(errors="replace")
 
 
 def overrides_as_flags(overrides: dict) -> list[str]:
@@ -135,7 +108,9 @@ def test_main_trains_end_to_end_and_writes_its_outputs(tiny_data_dir, tmp_path):
 def test_main_on_a_terminal_shows_progress_with_eta_for_training_and_evaluation(tiny_data_dir,
                                                                                tmp_path):
   overrides = tiny_overrides(tiny_data_dir, tmp_path / "cache")
-  output = run_main_on_a_terminal(tmp_path / "run", *overrides_as_flags(overrides))
+  output = run_on_a_terminal(
+      ["-m", "seqjax.main", f"--config={PROJECT_ROOT / 'configs/lstm.py'}",
+       f"--workdir={tmp_path / 'run'}", *overrides_as_flags(overrides)])
   for what in ("epoch 1/2", "epoch 2/2", "evaluate test"):
     line = next((part for part in output.replace("\n", "\r").split("\r")
                  if part.startswith(f"{what}:") and "ETA" in part), None)
