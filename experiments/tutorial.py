@@ -147,7 +147,7 @@ def write_table(records: dict[str, dict[int, dict]], models: list[str], seeds: l
       f"--study={FLAGS.study} --models={','.join(models)} --seeds={','.join(seeds)}` from the "
       "run records in runs/. Test accuracy is the trained model's after its last epoch; nothing "
       "was chosen on the test split. Times are wall-clock seconds per epoch and depend on what "
-      "else the machine was running at the time (see the README).",
+      "else the machine was running at the time (see tutorial_notes.md).",
       "",
       "| model | params | seeds | test accuracy % (mean ± std) | min–max | test loss "
       "| train s/epoch | eval s/epoch (25k) | Keras 3, same data, seed 7 | tutorial's figure |",
