@@ -202,17 +202,15 @@ def evaluate(state: TrainState, split: input_pipeline.Split, batch_size: int,
              shown: bool = False) -> dict[str, float]:
   """Loss and accuracy over every example of `split`, each counted once; a progress line
   named `description` on the terminal if `shown`."""
-  total, done = None, 0
+  total = None
   with progress.bar(len(split), description, shown=shown) as bar:
     for batch in input_pipeline.batches(split, batch_size, split.order(bool(bucket_width)),
                                         bucket_width):
       m = step(state, put_batch(batch))
       total = m if total is None else total.merge(m)
       if not bar.disable:
-        # The step runs asynchronously: count the examples once it has run.
-        jax.block_until_ready(m)
-        done += int(batch["mask"].sum())
-        bar.update(done - bar.n)
+        jax.block_until_ready(m)  # The step runs asynchronously: count it once it has run.
+        bar.update(int(batch["mask"].sum()))
   return {k: float(v) for k, v in total.compute().items()}
 
 
