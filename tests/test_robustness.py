@@ -17,14 +17,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import seqjax
-from conftest import PROJECT_ROOT, tiny_overrides
+from conftest import PROJECT_ROOT, assert_same_run, tiny_overrides
 from seqjax import checkpoints as ckpt
 from seqjax import config as config_lib
 from seqjax import tokenizer, train
 from seqjax.errors import ConfigError
-
-TIMING_KEYS = ("train_seconds", "eval_seconds", "train_examples", "train_examples_per_second")
-
 
 def overrides(tiny_data_dir, tmp_path, **extra) -> dict:
   # A model big enough that a step takes milliseconds, so a kill lands mid-run.
@@ -54,25 +51,6 @@ def run_until_step(workdir, values: dict, step: int, sig: int) -> subprocess.Pop
   process.stderr_text = process.stderr.read()
   process.wait(timeout=120)
   return process
-
-
-def comparable(results: dict) -> dict:
-  """results.json without wall-clock figures."""
-  return {k: ([{m: v for m, v in e.items() if m not in TIMING_KEYS} for e in v]
-              if k == "epochs" else v)
-          for k, v in results.items() if k not in TIMING_KEYS}
-
-
-def params_of(workdir):
-  return jax.tree_util.tree_leaves(seqjax.load(str(workdir)).params)
-
-
-def assert_same_run(workdir, reference):
-  results = json.loads((workdir / "results.json").read_text())
-  want = json.loads((reference / "results.json").read_text())
-  assert comparable(results) == comparable(want)
-  for got, expected in zip(params_of(workdir), params_of(reference), strict=True):
-    np.testing.assert_array_equal(got, expected)  # Bitwise.
 
 
 @pytest.fixture(scope="module")
