@@ -9,6 +9,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 
 import jax
 import numpy as np
@@ -93,6 +94,31 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tiny_data_dir, tmp_path, u
                           text=True, timeout=300)
   assert result.returncode == 0, result.stderr[-3000:]
   assert_same_run(workdir, uninterrupted)
+
+
+SECOND_SIGINT = """
+import os, signal, time
+from seqjax import preemption
+with preemption.StopRequests(lambda: "The last complete checkpoint, step 12, is kept.") as stops:
+  os.kill(os.getpid(), signal.SIGINT)
+  time.sleep(0.5)
+  print("asked to stop after step 1:", stops.stop_signal(1) == signal.SIGINT, flush=True)
+  os.kill(os.getpid(), signal.SIGINT)
+  time.sleep(60)  # As if waiting on the devices or on other hosts.
+print("not stopped", flush=True)
+"""
+
+
+def test_a_second_sigint_exits_at_once_even_while_the_main_thread_waits(tmp_path):
+  start = time.time()
+  result = subprocess.run([sys.executable, "-c", SECOND_SIGINT], capture_output=True, text=True,
+                          timeout=60)
+  assert result.returncode == 128 + signal.SIGINT
+  assert result.stdout == "asked to stop after step 1: True\n"
+  assert time.time() - start < 30
+  assert result.stderr.strip().endswith(
+      "stopped: a second SIGINT: exited at once, without saving. The last complete "
+      "checkpoint, step 12, is kept.")
 
 
 def tiny_config(tiny_data_dir, tmp_path, **extra):
