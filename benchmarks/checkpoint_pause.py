@@ -5,7 +5,7 @@
 Trains the config's model on random batches of its shapes (no dataset needed) and saves a
 checkpoint every `--every` steps, as `--config.checkpoint_every_steps` does, once with each
 kind of save, alternating. Reported: the median time the loop spends in `Checkpoints.save`
-(the pause), and the wall-clock time of the whole loop beside the same steps without saves,
+once the steps before it are done (the pause), and the wall-clock time of the whole loop beside the same steps without saves,
 since an asynchronous write still takes CPU time from the steps that follow it.
 """
 
@@ -49,6 +49,7 @@ def run(config, save: str | None, directory: str) -> dict:
   for step in range(1, FLAGS.saves * FLAGS.every + 1):
     state, metrics = train.train_step(state, batch, dropout_rng)
     if checkpoints and step % FLAGS.every == 0:
+      jax.block_until_ready(state)  # Else the pause would include the steps still running.
       paused = time.perf_counter()
       checkpoints.save(step, state, metrics)
       pauses.append(time.perf_counter() - paused)
