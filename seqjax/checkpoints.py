@@ -2,7 +2,9 @@
 
 Saving the epoch's running metrics too makes a resumed run report exactly what an
 uninterrupted one would. Orbax writes each checkpoint to a temporary folder and renames it
-when complete, so a crash mid-save leaves the previous checkpoints as they were.
+when complete, so a crash mid-save leaves the previous checkpoints as they were. It writes in a
+background thread: `save` returns once the arrays are copied off the devices, and training goes
+on while they are written; the next save, a restore and `close` wait for that write first.
 """
 
 import errno
@@ -31,18 +33,36 @@ def param_shapes(tree: Any) -> dict[str, tuple[int, ...]]:
 class Checkpoints:
   """The checkpoints in `directory`, the last `keep` of them kept."""
 
-  def __init__(self, directory: str, keep: int, create: bool = True):
+  def __init__(self, directory: str, keep: int, create: bool = True,
+               asynchronous: bool = True):
     self.directory = directory
     self._manager = ocp.CheckpointManager(
         directory, item_handlers=ocp.StandardCheckpointHandler(),
         options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=create,
-                                             enable_async_checkpointing=False))
+                                             enable_async_checkpointing=asynchronous))
+    self._writing: int | None = None  # The step being written in the background, if any.
 
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
 
+  def last_complete_step(self) -> int | None:
+    """The newest step whose checkpoint is written whole, read from the disk.
+
+    Safe to call from another thread while a save is under way: orbax gives a checkpoint its
+    step's name only once it is complete.
+    """
+    try:
+      steps = [int(name) for name in os.listdir(self.directory) if name.isdigit()]
+    except OSError:
+      steps = []
+    return max(steps, default=None)
+
   def save(self, step: int, state: Any, epoch_metrics: Any) -> None:
-    """Writes the checkpoint of `step` whole, or raises CheckpointError leaving the others."""
+    """Starts writing the checkpoint of `step`, once the previous one is written whole.
+
+    Raises CheckpointError, leaving the checkpoints before, if either cannot be written.
+    """
+    self.wait()
     item = {"state": state, "epoch_metrics": epoch_metrics}
     # Checked first because TensorStore, failing mid-write, floods stderr from its threads.
     needed = sum(x.nbytes for x in jax.tree_util.tree_leaves(item)) + 2**20
@@ -53,18 +73,31 @@ class Checkpoints:
     try:
       self._manager.save(step, args=ocp.args.StandardSave(item), force=True)
     except Exception as e:  # A full disk is an OSError here, a ValueError from TensorStore.
-      if getattr(e, "errno", None) == errno.ENOSPC or "No space left on device" in str(e):
-        self._refuse(step, "No space left on device", e)
-      self._refuse(step, (str(e).splitlines() or [type(e).__name__])[0][:300], e)
+      self._refuse_error(step, e)
+    self._writing = step
 
-  def _refuse(self, step: int, reason: str, cause: Exception | None = None):
+  def wait(self) -> None:
+    """Waits until the checkpoint being written in the background is complete."""
+    step, self._writing = self._writing, None
+    try:
+      self._manager.wait_until_finished()
+    except Exception as e:
+      self._refuse_error(step, e)
+
+  def _refuse_error(self, step: int | None, error: Exception):
+    if getattr(error, "errno", None) == errno.ENOSPC or "No space left on device" in str(error):
+      self._refuse(step, "No space left on device", error)
+    self._refuse(step, (str(error).splitlines() or [type(error).__name__])[0][:300], error)
+
+  def _refuse(self, step: int | None, reason: str, cause: Exception | None = None):
     raise CheckpointError(
         f"Could not write the checkpoint of step {step} to {self.directory} ({reason}). "
-        f"The previous checkpoint (step {self.latest_step()}) is intact: free some space and "
-        "rerun the same command to resume from it.") from cause
+        f"The previous checkpoint (step {self.last_complete_step()}) is intact: free some "
+        "space and rerun the same command to resume from it.") from cause
 
   def restore(self, step: int, state: Any, epoch_metrics: Any) -> tuple[Any, Any]:
     """(state, epoch_metrics) of `step`, shaped like the given ones."""
+    self.wait()
     metadata = dict(self._manager.item_metadata(step))
     if set(metadata) != {"state", "epoch_metrics"} or "params" not in metadata["state"]:
       raise CheckpointError(
@@ -106,4 +139,8 @@ class Checkpoints:
     return None
 
   def close(self) -> None:
-    self._manager.close()
+    """Waits for a save under way, then releases orbax's threads."""
+    try:
+      self.wait()
+    finally:
+      self._manager.close()

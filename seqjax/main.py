@@ -69,8 +69,10 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
   parallel.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
-  if FLAGS.overwrite and jax.process_index() == 0:
-    cli.run(workdir_lib.clear, FLAGS.workdir)
+  if FLAGS.overwrite:
+    if jax.process_index() == 0:
+      cli.run(workdir_lib.clear, FLAGS.workdir)
+    parallel.barrier("seqjax: overwrite")  # No process reads the workdir while it is cleared.
   cli.run(train.train_and_evaluate, FLAGS.config, FLAGS.workdir)
 
 

@@ -12,6 +12,7 @@ import os
 import jax
 import numpy as np
 from absl import logging
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from seqjax.errors import ConfigError
@@ -39,6 +40,12 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
   jax.distributed.initialize(coordinator_address, num_processes, process_id)
   logging.info("Process %d of %d; %d devices in all, %d here.", jax.process_index(),
                jax.process_count(), jax.device_count(), jax.local_device_count())
+
+
+def barrier(name: str) -> None:
+  """Waits until every process has reached the barrier `name`; a no-op for one process."""
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices(name)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -5,9 +5,8 @@ import functools
 import json
 import os
 import signal
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import flax
@@ -21,7 +20,7 @@ from flax.training import train_state
 
 from seqjax import checkpoints as ckpt
 from seqjax import config as config_lib
-from seqjax import input_pipeline, malloc, models, parallel, progress
+from seqjax import input_pipeline, malloc, models, parallel, preemption, progress
 from seqjax import workdir as workdir_lib
 from seqjax.errors import UserError
 
@@ -223,20 +222,20 @@ def print_summary(model: models.Classifier, config: ml_collections.ConfigDict) -
           "are counted from the training split, not trained.", flush=True)
 
 
-@contextlib.contextmanager
-def _stop_requests() -> Iterator[list[int]]:
-  """Turns SIGINT and SIGTERM into a request the loop honours after the current step."""
-  received: list[int] = []
-  if threading.current_thread() is not threading.main_thread():
-    yield received  # Signal handlers can only be set from the main thread.
-    return
-  previous = {s: signal.signal(s, lambda signum, frame: received.append(signum))
-              for s in (signal.SIGINT, signal.SIGTERM)}
-  try:
-    yield received
-  finally:
-    for s, handler in previous.items():
-      signal.signal(s, handler)
+def _last_complete_checkpoint(checkpoints: ckpt.Checkpoints) -> str:
+  step = checkpoints.last_complete_step()
+  if step is None:
+    return "No checkpoint was complete yet: rerunning starts over."
+  return (f"The last complete checkpoint, step {step} in {checkpoints.directory}, is kept: "
+          "rerun the same command to resume from it.")
+
+
+def _interrupted(signum: int, step: int, checkpoints: ckpt.Checkpoints) -> Interrupted:
+  """The error that ends a run stopped by `signum` after saving the checkpoint of `step`."""
+  checkpoints.wait()  # The message promises a complete checkpoint.
+  return Interrupted(f"{signal.Signals(signum).name} received: saved the checkpoint of step "
+                     f"{step} in {checkpoints.directory}. Rerun the same command to resume.",
+                     exit_code=128 + signum)
 
 
 def _check_finite(first_bad_step: jax.Array, checkpoints: ckpt.Checkpoints) -> None:
@@ -326,6 +325,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     workdir_lib.write_json(os.path.join(workdir, workdir_lib.CONFIG),
                            json.loads(config.to_json()))
     data.vocabulary.save(os.path.join(workdir, workdir_lib.VOCABULARY))
+  parallel.barrier("seqjax: workdir written")  # No process reads it before process 0 wrote it.
   logging.info("Examples: %d train, %d validation, %d test.", len(data.train),
                len(data.validation) if data.validation else 0, len(data.test))
 
@@ -370,7 +370,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         num_train_steps=steps_per_epoch * config.num_epochs, writer=writer)
     # The first step with a non-finite loss, kept on the devices until checked.
     first_bad_step = jax.device_put(jnp.array(-1), replicated)
-    stop = stack.enter_context(_stop_requests())
+    stops = stack.enter_context(preemption.StopRequests(
+        lambda: _last_complete_checkpoint(checkpoints)))
 
     for epoch in range(start_step // steps_per_epoch, config.num_epochs):
       order = input_pipeline.train_order(data.train, config.batch_size, config.seed, epoch,
@@ -378,7 +379,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       skip = max(0, start_step - epoch * steps_per_epoch)  # Batches done before a resume.
       if not skip:
         epoch_metrics = jax.device_put(Metrics.empty(), replicated)
-      epoch_start = time.time()
+      epoch_start, stop_signal = time.time(), None
       with progress.bar(len(data.train), f"epoch {epoch + 1}/{config.num_epochs}",
                         initial=min(len(data.train), skip * config.batch_size),
                         shown=is_main) as bar:
@@ -404,15 +405,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                          epoch + 1, config.num_epochs, i + 1, steps_per_epoch, m["loss"],
                          m["accuracy"],
                          (i + 1 - skip) * config.batch_size / (time.time() - epoch_start))
-          if stop or (config.checkpoint_every_steps and step % config.checkpoint_every_steps == 0
-                      and i + 1 < steps_per_epoch):
+          # A stop on an epoch's last step waits for the epoch's evaluation, so that its
+          # record is complete when the run resumes.
+          stop_signal = stops.stop_signal(step)
+          stop_now = stop_signal and i + 1 < steps_per_epoch
+          if stop_now or (config.checkpoint_every_steps and i + 1 < steps_per_epoch
+                          and step % config.checkpoint_every_steps == 0):
             _check_finite(first_bad_step, checkpoints)
             checkpoints.save(step, state, epoch_metrics)
-          if stop:
-            name = signal.Signals(stop[0]).name
-            raise Interrupted(f"{name} received: saved the checkpoint of step {step} in "
-                              f"{checkpoints.directory}. Rerun the same command to resume.",
-                              exit_code=128 + stop[0])
+          if stop_now:
+            raise _interrupted(stop_signal, step, checkpoints)
       _check_finite(first_bad_step, checkpoints)
       train_seconds = time.time() - epoch_start
       num_trained = min(len(data.train), (steps_per_epoch - skip) * config.batch_size)
@@ -435,6 +437,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       checkpoints.save(record["step"], state, epoch_metrics)
       if best_checkpoint is not None and record is workdir_lib.best_epoch(history):
         best_checkpoint.save(record["step"], state, epoch_metrics)
+      if stop_signal:
+        raise _interrupted(stop_signal, record["step"], checkpoints)
 
     final_test = None
     if config.evaluate_test == "best_epoch":

@@ -1,6 +1,7 @@
 """Shared fixtures: a tiny TFDS dataset the tests write themselves, and the path of real IMDB."""
 
 import fcntl
+import json
 import os
 import pathlib
 import pty
@@ -9,10 +10,12 @@ import subprocess
 import sys
 import termios
 
+import jax
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
+import seqjax
 from seqjax import config as config_lib
 
 PROJECT_ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -96,3 +99,26 @@ def run_on_a_terminal(args: list[str]) -> str:
   text = b"".join(output).decode(errors="replace")
   assert process.wait(timeout=600) == 0, text[-2000:]
   return text
+
+
+TIMING_KEYS = ("train_seconds", "eval_seconds", "train_examples", "train_examples_per_second")
+
+
+def comparable(results: dict) -> dict:
+  """results.json without wall-clock figures."""
+  return {k: ([{m: v for m, v in e.items() if m not in TIMING_KEYS} for e in v]
+              if k == "epochs" else v)
+          for k, v in results.items() if k not in TIMING_KEYS}
+
+
+def params_of(workdir):
+  return jax.tree_util.tree_leaves(seqjax.load(str(workdir)).params)
+
+
+def assert_same_run(workdir, reference):
+  """The same results (but for timings) and bitwise the same parameters."""
+  results = json.loads((workdir / "results.json").read_text())
+  want = json.loads((reference / "results.json").read_text())
+  assert comparable(results) == comparable(want)
+  for got, expected in zip(params_of(workdir), params_of(reference), strict=True):
+    np.testing.assert_array_equal(got, expected)  # Bitwise.

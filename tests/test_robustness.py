@@ -9,6 +9,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 
 import jax
 import numpy as np
@@ -17,14 +18,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import seqjax
-from conftest import PROJECT_ROOT, tiny_overrides
+from conftest import PROJECT_ROOT, assert_same_run, tiny_overrides
 from seqjax import checkpoints as ckpt
 from seqjax import config as config_lib
 from seqjax import tokenizer, train
 from seqjax.errors import ConfigError
-
-TIMING_KEYS = ("train_seconds", "eval_seconds", "train_examples", "train_examples_per_second")
-
 
 def overrides(tiny_data_dir, tmp_path, **extra) -> dict:
   # A model big enough that a step takes milliseconds, so a kill lands mid-run.
@@ -54,25 +52,6 @@ def run_until_step(workdir, values: dict, step: int, sig: int) -> subprocess.Pop
   process.stderr_text = process.stderr.read()
   process.wait(timeout=120)
   return process
-
-
-def comparable(results: dict) -> dict:
-  """results.json without wall-clock figures."""
-  return {k: ([{m: v for m, v in e.items() if m not in TIMING_KEYS} for e in v]
-              if k == "epochs" else v)
-          for k, v in results.items() if k not in TIMING_KEYS}
-
-
-def params_of(workdir):
-  return jax.tree_util.tree_leaves(seqjax.load(str(workdir)).params)
-
-
-def assert_same_run(workdir, reference):
-  results = json.loads((workdir / "results.json").read_text())
-  want = json.loads((reference / "results.json").read_text())
-  assert comparable(results) == comparable(want)
-  for got, expected in zip(params_of(workdir), params_of(reference), strict=True):
-    np.testing.assert_array_equal(got, expected)  # Bitwise.
 
 
 @pytest.fixture(scope="module")
@@ -115,6 +94,31 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tiny_data_dir, tmp_path, u
                           text=True, timeout=300)
   assert result.returncode == 0, result.stderr[-3000:]
   assert_same_run(workdir, uninterrupted)
+
+
+SECOND_SIGINT = """
+import os, signal, time
+from seqjax import preemption
+with preemption.StopRequests(lambda: "The last complete checkpoint, step 12, is kept.") as stops:
+  os.kill(os.getpid(), signal.SIGINT)
+  time.sleep(0.5)
+  print("asked to stop after step 1:", stops.stop_signal(1) == signal.SIGINT, flush=True)
+  os.kill(os.getpid(), signal.SIGINT)
+  time.sleep(60)  # As if waiting on the devices or on other hosts.
+print("not stopped", flush=True)
+"""
+
+
+def test_a_second_sigint_exits_at_once_even_while_the_main_thread_waits(tmp_path):
+  start = time.time()
+  result = subprocess.run([sys.executable, "-c", SECOND_SIGINT], capture_output=True, text=True,
+                          timeout=60)
+  assert result.returncode == 128 + signal.SIGINT
+  assert result.stdout == "asked to stop after step 1: True\n"
+  assert time.time() - start < 30
+  assert result.stderr.strip().endswith(
+      "stopped: a second SIGINT: exited at once, without saving. The last complete "
+      "checkpoint, step 12, is kept.")
 
 
 def tiny_config(tiny_data_dir, tmp_path, **extra):
