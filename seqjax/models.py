@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from seqjax import native_lstm
 from seqjax.tokenizer import OOV_ID, PAD_ID
 
 Array = jax.Array
@@ -99,7 +100,6 @@ def scan_lstm_cell(emit: str | None, reverse: bool, xw: Array, recurrent_kernel:
   return scan(emit=emit).apply({}, (zeros, zeros), xw, mask, recurrent_kernel, recurrent_mask)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
 def lstm_recurrence(xw: Array, recurrent_kernel: Array, mask: Array | None,
                     recurrent_mask: Array | None, reverse: bool, return_sequences: bool) -> Array:
   """The scanned part of the LSTM, with a hand-written backward pass.
@@ -111,21 +111,47 @@ def lstm_recurrence(xw: Array, recurrent_kernel: Array, mask: Array | None,
   Autodiff of the scan accumulates the recurrent kernel's gradient inside the backward loop,
   one small matmul per step; this backward loop carries only (dh, dc), and the kernel's
   gradient is one large matmul after it.
+
+  On CPU in float32 both passes run in the native kernel (native_lstm.cc, one call per
+  pass) unless $SEQJAX_LSTM_KERNEL says otherwise; elsewhere they scan `LSTMCell`.
   """
+  return _lstm_recurrence(xw, recurrent_kernel, mask, recurrent_mask, reverse,
+                          return_sequences, native_lstm.enabled(xw.dtype))
+
+
+# `native` is an argument, not read inside, so that JAX's caches of traced functions key on it.
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6))
+def _lstm_recurrence(xw, recurrent_kernel, mask, recurrent_mask, reverse, return_sequences,
+                     native):
+  if native:
+    h, hs, _, _ = native_lstm.forward(xw, recurrent_kernel, mask, recurrent_mask, reverse,
+                                      sequences=return_sequences, residuals=False)
+    return hs if return_sequences else h
   (_, h), hs = scan_lstm_cell("h" if return_sequences else None, reverse, xw,
                               recurrent_kernel, mask, recurrent_mask)
   return hs if return_sequences else h
 
 
-def _lstm_recurrence_fwd(xw, recurrent_kernel, mask, recurrent_mask, reverse, return_sequences):
-  (_, h), residuals = scan_lstm_cell("residuals", reverse, xw, recurrent_kernel, mask,
-                                     recurrent_mask)
-  hs = residuals[2]
+def _lstm_recurrence_fwd(xw, recurrent_kernel, mask, recurrent_mask, reverse, return_sequences,
+                         native):
+  if native:
+    h, hs, cs, gate_tanh = native_lstm.forward(xw, recurrent_kernel, mask, recurrent_mask,
+                                               reverse, sequences=True, residuals=True)
+    residuals = gate_tanh, cs, hs
+  else:
+    (_, h), residuals = scan_lstm_cell("residuals", reverse, xw, recurrent_kernel, mask,
+                                       recurrent_mask)
+    hs = residuals[2]
   return hs if return_sequences else h, (residuals, recurrent_kernel, mask, recurrent_mask)
 
 
-def _lstm_recurrence_bwd(reverse, return_sequences, saved, grad):
+def _lstm_recurrence_bwd(reverse, return_sequences, native, saved, grad):
   (gate_tanh, cs, hs), recurrent_kernel, mask, recurrent_mask = saved
+  if native:
+    dxw, d_recurrent_kernel = native_lstm.backward(gate_tanh, cs, hs, recurrent_kernel, mask,
+                                                   recurrent_mask, grad, reverse,
+                                                   return_sequences)
+    return dxw, d_recurrent_kernel, None, None
   zeros = jnp.zeros_like(cs[:1])
   # The state each step started from, in time order: the previous step's, or the next one's
   # when the scan ran backwards.
@@ -166,7 +192,7 @@ def _lstm_recurrence_bwd(reverse, return_sequences, saved, grad):
   return dxw, d_recurrent_kernel, None, None
 
 
-lstm_recurrence.defvjp(_lstm_recurrence_fwd, _lstm_recurrence_bwd)
+_lstm_recurrence.defvjp(_lstm_recurrence_fwd, _lstm_recurrence_bwd)
 
 
 class LSTM(nn.Module):
