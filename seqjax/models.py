@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from seqjax import native_lstm
+from seqjax import cudnn_lstm, native_lstm
 from seqjax.tokenizer import OOV_ID, PAD_ID
 
 Array = jax.Array
@@ -229,6 +229,9 @@ class LSTM(nn.Module):
                                            not train)
     if recurrent_mask is not None:
       recurrent_mask = recurrent_mask.astype(self.dtype)
+    if cudnn_lstm.enabled(self.dtype, recurrent_mask is not None):
+      return cudnn_lstm.lstm(jnp.swapaxes(inputs, 0, 1), kernel, recurrent_kernel, bias, mask,
+                             self.reverse, self.return_sequences)
     scale = gate_scale(self.units)
     xw = inputs @ (kernel * scale).astype(self.dtype) + (bias * scale).astype(self.dtype)
     outputs = lstm_recurrence(xw, (recurrent_kernel * scale).astype(self.dtype),

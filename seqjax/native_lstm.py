@@ -1,8 +1,11 @@
 """The native CPU kernel of the LSTM recurrence (native_lstm.cc), built on first use.
 
 `SEQJAX_LSTM_KERNEL` chooses the path of `models.lstm_recurrence`: 'auto' (the default) runs
-the kernel where JAX computes float32 on CPU and the kernel builds, else the `nn.scan` path;
-'native' insists on the kernel (an error where it cannot be built); 'scan' always scans.
+the kernel where JAX computes float32 on one CPU device and the kernel builds, else the
+`nn.scan` path; 'native' insists on the kernel (an error where it cannot be built; on several
+devices each then runs it on the whole batch); 'scan' always scans; 'cudnn' takes
+seqjax/cudnn_lstm.py's path (auto's choice on GPU). The kernel uses every core the process may
+run on ($SEQJAX_LSTM_THREADS sets how many threads).
 
 The kernel is compiled with the machine's C++ compiler (`$CXX`, else `c++`) the first time a
 process needs it, into $XDG_CACHE_HOME/seqjax (~/.cache/seqjax), under a name that hashes the
@@ -31,7 +34,7 @@ from seqjax.errors import ConfigError, UserError
 Array = jax.Array
 
 KERNEL_ENV = "SEQJAX_LSTM_KERNEL"
-MODES = ("auto", "native", "scan")
+MODES = ("auto", "native", "scan", "cudnn")
 SOURCE = pathlib.Path(__file__).with_name("native_lstm.cc")
 FLAGS = ("-O3", "-march=native", "-std=c++17", "-ffp-contract=fast", "-fPIC", "-shared",
          "-pthread", "-w")
@@ -43,7 +46,7 @@ def mode() -> str:
   value = os.environ.get(KERNEL_ENV, "auto") or "auto"
   if value not in MODES:
     raise ConfigError(f"{KERNEL_ENV}={value!r} is invalid: use one of "
-                      f"{', '.join(map(repr, MODES))} ('auto' = native where it builds).")
+                      f"{', '.join(map(repr, MODES))} ('auto' = the fastest that applies).")
   return value
 
 
@@ -106,7 +109,8 @@ def _load() -> str | None:
 
 
 @functools.cache
-def _announce(message: str) -> None:
+def announce(message: str) -> None:
+  """Logs `message` (which path the LSTM takes) once per process."""
   logging.info(message)
 
 
@@ -119,20 +123,27 @@ def enabled(dtype) -> bool:
   """Whether `lstm_recurrence` runs the kernel, for computation in `dtype`; decided at trace
   time. Says once per process which path the LSTM takes."""
   chosen = mode()
-  if chosen == "scan":
-    _announce(f"LSTM recurrence: the nn.scan path ({KERNEL_ENV}=scan).")
+  if chosen in ("scan", "cudnn"):  # cudnn_lstm handles 'cudnn'; what it cannot, scans.
+    announce(f"LSTM recurrence: the nn.scan path ({KERNEL_ENV}={chosen}).")
     return False
   if jnp.dtype(dtype) != jnp.float32 or jax.default_backend() != "cpu":
-    return False  # The kernel is float32 and CPU only; bfloat16, GPU and TPU scan.
+    announce(f"LSTM recurrence: the nn.scan path (the native kernel is for float32 on CPU; "
+              f"this is {jnp.dtype(dtype).name} on {jax.default_backend()}).")
+    return False
+  if chosen == "auto" and jax.device_count() > 1:
+    # XLA cannot split a custom call over devices: each would run the whole batch.
+    announce("LSTM recurrence: the nn.scan path, which XLA splits over the "
+              f"{jax.device_count()} devices (the native kernel would run on each in full).")
+    return False
   reason = _load()
   if reason is not None:
     if chosen == "native":
       raise UserError(f"{KERNEL_ENV}=native, but the native LSTM kernel cannot be built: "
                       f"{reason}. Install a C++17 compiler (or set $CXX), or use "
                       f"{KERNEL_ENV}=scan.")
-    _announce(f"LSTM recurrence: the nn.scan path; the native kernel is unavailable ({reason}).")
+    announce(f"LSTM recurrence: the nn.scan path; the native kernel is unavailable ({reason}).")
     return False
-  _announce("LSTM recurrence: the native CPU kernel.")
+  announce("LSTM recurrence: the native CPU kernel.")
   return True
 
 
