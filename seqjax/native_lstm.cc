@@ -113,7 +113,8 @@ std::vector<float> Pack(const float* w, long depth, long cols, bool transpose) {
   return packed;
 }
 
-// tanh as XLA:CPU and Eigen compute it in float32: a 13/6 rational approximation on [-c, c].
+// tanh in float32 as Eigen approximates it: a 13/6 rational function on [-7.9, 7.9], within
+// 4e-7 of tanh; unlike std::tanh, the compiler vectorizes it.
 inline float Tanh(float x) {
   const float clamp = 7.90531110763549805f;
   const float y = x < -clamp ? -clamp : (x > clamp ? clamp : x);
