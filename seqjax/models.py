@@ -195,6 +195,51 @@ def _lstm_recurrence_bwd(reverse, return_sequences, native, saved, grad):
 _lstm_recurrence.defvjp(_lstm_recurrence_fwd, _lstm_recurrence_bwd)
 
 
+def lstm_layer(inputs: Array, kernel: Array, bias: Array, recurrent_kernel: Array,
+               mask: Array | None, recurrent_mask: Array | None, reverse: bool,
+               return_sequences: bool) -> Array:
+  """`lstm_recurrence` of xw = inputs (T, B, E) @ kernel (E, 4H) + bias (4H,), all scaled by
+  `gate_scale` like recurrent_kernel (H, 4H).
+
+  The native kernel computes xw itself, one step at a time: the (T, B, 4H) array of every
+  step's projection, the layer's largest, is never written to memory.
+  """
+  if native_lstm.enabled(inputs.dtype):
+    return _projected_native_recurrence(inputs, kernel, bias, recurrent_kernel, mask,
+                                        recurrent_mask, reverse, return_sequences)
+  return lstm_recurrence(inputs @ kernel + bias, recurrent_kernel, mask, recurrent_mask,
+                         reverse, return_sequences)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(6, 7))
+def _projected_native_recurrence(inputs, kernel, bias, recurrent_kernel, mask, recurrent_mask,
+                                 reverse, return_sequences):
+  h, hs, _, _ = native_lstm.forward(None, recurrent_kernel, mask, recurrent_mask, reverse,
+                                    sequences=return_sequences, residuals=False,
+                                    projection=(inputs, kernel, bias))
+  return hs if return_sequences else h
+
+
+def _projected_native_fwd(inputs, kernel, bias, recurrent_kernel, mask, recurrent_mask, reverse,
+                          return_sequences):
+  h, hs, cs, gate_tanh = native_lstm.forward(None, recurrent_kernel, mask, recurrent_mask,
+                                             reverse, sequences=True, residuals=True,
+                                             projection=(inputs, kernel, bias))
+  saved = ((gate_tanh, cs, hs), recurrent_kernel, mask, recurrent_mask), inputs, kernel
+  return hs if return_sequences else h, saved
+
+
+def _projected_native_bwd(reverse, return_sequences, saved, grad):
+  recurrence, inputs, kernel = saved
+  dxw, d_recurrent_kernel, _, _ = _lstm_recurrence_bwd(reverse, return_sequences, True,
+                                                       recurrence, grad)
+  d_kernel = jnp.einsum("tbe,tbg->eg", inputs, dxw)
+  return (dxw @ kernel.T, d_kernel, jnp.sum(dxw, axis=(0, 1)), d_recurrent_kernel, None, None)
+
+
+_projected_native_recurrence.defvjp(_projected_native_fwd, _projected_native_bwd)
+
+
 class LSTM(nn.Module):
   """Keras' `LSTM(units, dropout, recurrent_dropout)` over a whole sequence.
 
@@ -233,10 +278,11 @@ class LSTM(nn.Module):
       return cudnn_lstm.lstm(jnp.swapaxes(inputs, 0, 1), kernel, recurrent_kernel, bias, mask,
                              self.reverse, self.return_sequences)
     scale = gate_scale(self.units)
-    xw = inputs @ (kernel * scale).astype(self.dtype) + (bias * scale).astype(self.dtype)
-    outputs = lstm_recurrence(xw, (recurrent_kernel * scale).astype(self.dtype),
-                              None if mask is None else mask.T, recurrent_mask, self.reverse,
-                              self.return_sequences)
+    outputs = lstm_layer(inputs, (kernel * scale).astype(self.dtype),
+                         (bias * scale).astype(self.dtype),
+                         (recurrent_kernel * scale).astype(self.dtype),
+                         None if mask is None else mask.T, recurrent_mask, self.reverse,
+                         self.return_sequences)
     return jnp.swapaxes(outputs, 0, 1) if self.return_sequences else outputs
 
 

@@ -163,11 +163,20 @@ struct Shapes {
   long steps, batch, units;
 };
 
+// The input projection when the forward pass computes it: inputs (T, B, E), the kernel (E, 4H)
+// packed into panels, and the bias (4H,).
+struct Projection {
+  long features = 0;
+  const float* inputs = nullptr;
+  std::vector<float> packed;
+  const float* bias = nullptr;
+};
+
 // Forward over batch rows [b0, b1). Writes h_final (B, H) and, where given, hs, cs (T, B, H)
 // and gates (T, B, 4H), the tanh of the scaled pre-activations.
-void ForwardRows(const Shapes& s, long b0, long b1, const float* xw, const float* packed,
-                 const bool* mask, const float* recurrent_mask, bool reverse, float* h_final,
-                 float* hs, float* cs, float* gates) {
+void ForwardRows(const Shapes& s, long b0, long b1, const float* xw, const Projection& in,
+                 const float* packed, const bool* mask, const float* recurrent_mask, bool reverse,
+                 float* h_final, float* hs, float* cs, float* gates) {
   const long rows = b1 - b0, H = s.units, G = 4 * H, Gp = RoundUp(G, kPanel);
   std::vector<float> c(rows * H, 0.0f), h(rows * H, 0.0f), hm(rows * H, 0.0f), z(rows * Gp, 0.0f);
   for (long step = 0; step < s.steps; ++step) {
@@ -186,7 +195,11 @@ void ForwardRows(const Shapes& s, long b0, long b1, const float* xw, const float
         hin = hm.data();
       }
       for (long r = 0; r < rows; ++r) {
-        std::memcpy(&z[r * Gp], xw + (t * s.batch + b0 + r) * G, G * sizeof(float));
+        std::memcpy(&z[r * Gp], xw ? xw + (t * s.batch + b0 + r) * G : in.bias, G * sizeof(float));
+      }
+      if (!xw) {  // z = bias + x_t @ kernel, here rather than in XLA: no (T, B, 4H) xw in memory.
+        Matmul(rows, in.features, in.inputs + (t * s.batch + b0) * in.features, in.features, 1,
+               in.packed.data(), Gp / kPanel, in.features * kPanel, kPanel, z.data(), Gp, true);
       }
       Matmul(rows, H, hin, H, 1, packed, Gp / kPanel, H * kPanel, kPanel, z.data(), Gp, true);
     }
@@ -277,16 +290,27 @@ void BackwardRows(const Shapes& s, long b0, long b1, const float* gates, const f
 
 }  // namespace
 
+// xw (T, B, 4H), or empty with inputs (T, B, E), kernel (E, 4H) and bias (4H,) to project.
 ffi::Error LstmForwardImpl(ffi::Buffer<ffi::F32> xw, ffi::Buffer<ffi::F32> recurrent_kernel,
                            ffi::Buffer<ffi::PRED> mask, ffi::Buffer<ffi::F32> recurrent_mask,
-                           int32_t reverse, ffi::ResultBuffer<ffi::F32> h_final,
-                           ffi::ResultBuffer<ffi::F32> hs, ffi::ResultBuffer<ffi::F32> cs,
-                           ffi::ResultBuffer<ffi::F32> gates) {
-  const auto dims = xw.dimensions();
-  if (dims.size() != 3 || dims[2] % 4) {
-    return ffi::Error::InvalidArgument("xw must be (T, B, 4H)");
+                           ffi::Buffer<ffi::F32> inputs, ffi::Buffer<ffi::F32> kernel,
+                           ffi::Buffer<ffi::F32> bias, int32_t reverse,
+                           ffi::ResultBuffer<ffi::F32> h_final, ffi::ResultBuffer<ffi::F32> hs,
+                           ffi::ResultBuffer<ffi::F32> cs, ffi::ResultBuffer<ffi::F32> gates) {
+  const bool project = xw.element_count() == 0;
+  const auto dims = (project ? inputs : xw).dimensions();
+  const auto rk_dims = recurrent_kernel.dimensions();
+  if (dims.size() != 3 || rk_dims.size() != 2) {
+    return ffi::Error::InvalidArgument("expected xw or inputs (T, B, .), recurrent_kernel (H, 4H)");
   }
-  const Shapes s{dims[0], dims[1], dims[2] / 4};
+  const Shapes s{dims[0], dims[1], rk_dims[0]};
+  Projection in;
+  if (project) {
+    in.features = dims[2];
+    in.inputs = inputs.typed_data();
+    in.packed = Pack(kernel.typed_data(), in.features, 4 * s.units, false);
+    in.bias = bias.typed_data();
+  }
   const std::vector<float> packed =
       Pack(recurrent_kernel.typed_data(), s.units, 4 * s.units, false);
   const bool* m = mask.element_count() ? mask.typed_data() : nullptr;
@@ -295,8 +319,8 @@ ffi::Error LstmForwardImpl(ffi::Buffer<ffi::F32> xw, ffi::Buffer<ffi::F32> recur
   float* cs_out = cs->element_count() ? cs->typed_data() : nullptr;
   float* gates_out = gates->element_count() ? gates->typed_data() : nullptr;
   ParallelFor(s.batch, 4, [&](long b0, long b1) {
-    ForwardRows(s, b0, b1, xw.typed_data(), packed.data(), m, rm, reverse != 0,
-                h_final->typed_data(), hs_out, cs_out, gates_out);
+    ForwardRows(s, b0, b1, project ? nullptr : xw.typed_data(), in, packed.data(), m, rm,
+                reverse != 0, h_final->typed_data(), hs_out, cs_out, gates_out);
   });
   return ffi::Error::Success();
 }
@@ -372,6 +396,9 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(SeqjaxLstmForward, LstmForwardImpl,
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::PRED>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Attr<int32_t>("reverse")
                                   .Ret<ffi::Buffer<ffi::F32>>()

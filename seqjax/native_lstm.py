@@ -157,28 +157,33 @@ def _optional(x: Array | None, dtype) -> Array:
   return jnp.zeros((0,), dtype) if x is None else x
 
 
-def forward(xw: Array, recurrent_kernel: Array, mask: Array | None,
-            recurrent_mask: Array | None, reverse: bool, sequences: bool, residuals: bool
+def forward(xw: Array | None, recurrent_kernel: Array, mask: Array | None,
+            recurrent_mask: Array | None, reverse: bool, sequences: bool, residuals: bool,
+            projection: tuple[Array, Array, Array] | None = None
             ) -> tuple[Array, Array, Array, Array]:
   """The recurrence from a zero state: xw (T, B, 4H), recurrent_kernel (H, 4H) scaled by
   `models.gate_scale`, mask (T, B) bool, recurrent_mask (B, H) ->
 
   the final h (B, H); every step's h (T, B, H) if `sequences` or `residuals`; and with
   `residuals` every c (T, B, H) and the gates' tanh (T, B, 4H); the arrays not asked for are
-  empty.
+  empty. With xw None, the kernel computes it step by step from `projection`: inputs
+  (T, B, E), kernel (E, 4H) and bias (4H,), scaled likewise (xw = inputs @ kernel + bias).
   """
   _require()
-  steps, batch, gates = xw.shape
-  units = gates // 4
   f32 = jnp.float32
+  empty = jnp.zeros((0,), f32)
+  inputs, kernel, bias = projection if xw is None else (empty, empty, empty)
+  steps, batch = (inputs if xw is None else xw).shape[:2]
+  units = recurrent_kernel.shape[0]
+  gates = 4 * units
   shape = lambda *s: jax.ShapeDtypeStruct(s, f32)
   outputs = (shape(batch, units),
              shape(steps, batch, units) if sequences or residuals else shape(0),
              shape(steps, batch, units) if residuals else shape(0),
              shape(steps, batch, gates) if residuals else shape(0))
   return jax.ffi.ffi_call(FORWARD, outputs, vmap_method="sequential")(
-      xw, recurrent_kernel, _optional(mask, bool), _optional(recurrent_mask, f32),
-      reverse=np.int32(reverse))
+      _optional(xw, f32), recurrent_kernel, _optional(mask, bool),
+      _optional(recurrent_mask, f32), inputs, kernel, bias, reverse=np.int32(reverse))
 
 
 def backward(gate_tanh: Array, cs: Array, hs: Array, recurrent_kernel: Array,
