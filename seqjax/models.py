@@ -148,9 +148,9 @@ def _lstm_recurrence_fwd(xw, recurrent_kernel, mask, recurrent_mask, reverse, re
 def _lstm_recurrence_bwd(reverse, return_sequences, native, saved, grad):
   (gate_tanh, cs, hs), recurrent_kernel, mask, recurrent_mask = saved
   if native:
-    dxw, d_recurrent_kernel = native_lstm.backward(gate_tanh, cs, hs, recurrent_kernel, mask,
-                                                   recurrent_mask, grad, reverse,
-                                                   return_sequences)
+    dxw, d_recurrent_kernel, _, _, _ = native_lstm.backward(
+        gate_tanh, cs, hs, recurrent_kernel, mask, recurrent_mask, grad, reverse,
+        return_sequences)
     return dxw, d_recurrent_kernel, None, None
   zeros = jnp.zeros_like(cs[:1])
   # The state each step started from, in time order: the previous step's, or the next one's
@@ -201,8 +201,9 @@ def lstm_layer(inputs: Array, kernel: Array, bias: Array, recurrent_kernel: Arra
   """`lstm_recurrence` of xw = inputs (T, B, E) @ kernel (E, 4H) + bias (4H,), all scaled by
   `gate_scale` like recurrent_kernel (H, 4H).
 
-  The native kernel computes xw itself, one step at a time: the (T, B, 4H) array of every
-  step's projection, the layer's largest, is never written to memory.
+  The native kernel computes xw itself, one step at a time, and the projection's gradients in
+  its backward pass: XLA never reads or writes a (T, B, 4H) array of every step's projection,
+  the layer's largest.
   """
   if native_lstm.enabled(inputs.dtype):
     return _projected_native_recurrence(inputs, kernel, bias, recurrent_kernel, mask,
@@ -230,11 +231,11 @@ def _projected_native_fwd(inputs, kernel, bias, recurrent_kernel, mask, recurren
 
 
 def _projected_native_bwd(reverse, return_sequences, saved, grad):
-  recurrence, inputs, kernel = saved
-  dxw, d_recurrent_kernel, _, _ = _lstm_recurrence_bwd(reverse, return_sequences, True,
-                                                       recurrence, grad)
-  d_kernel = jnp.einsum("tbe,tbg->eg", inputs, dxw)
-  return (dxw @ kernel.T, d_kernel, jnp.sum(dxw, axis=(0, 1)), d_recurrent_kernel, None, None)
+  ((gate_tanh, cs, hs), recurrent_kernel, mask, recurrent_mask), inputs, kernel = saved
+  _, d_recurrent_kernel, d_inputs, d_kernel, d_bias = native_lstm.backward(
+      gate_tanh, cs, hs, recurrent_kernel, mask, recurrent_mask, grad, reverse,
+      return_sequences, projection=(inputs, kernel))
+  return d_inputs, d_kernel, d_bias, d_recurrent_kernel, None, None
 
 
 _projected_native_recurrence.defvjp(_projected_native_fwd, _projected_native_bwd)

@@ -229,12 +229,15 @@ void ForwardRows(const Shapes& s, long b0, long b1, const float* xw, const Proje
 
 // Backward over batch rows [b0, b1): d xw (T, B, 4H) from the forward's residuals and the
 // output's gradient, dh_final (B, H) or dhs (T, B, H) (the other null).
+// With `kernel_t` (the input kernel's transpose, packed), also d inputs (T, B, E).
 void BackwardRows(const Shapes& s, long b0, long b1, const float* gates, const float* cs,
                   const float* packed_t, const bool* mask, const float* recurrent_mask,
-                  bool reverse, const float* dh_final, const float* dhs, float* dxw) {
+                  bool reverse, const float* dh_final, const float* dhs, float* dxw,
+                  long features, const float* kernel_t, float* d_inputs) {
   const long rows = b1 - b0, H = s.units, G = 4 * H, Hp = RoundUp(H, kPanel);
+  const long E = features, Ep = RoundUp(E, kPanel);
   std::vector<float> dh(rows * H, 0.0f), dc(rows * H, 0.0f), dh_prev(rows * Hp, 0.0f);
-  std::vector<float> dz(rows * G, 0.0f);
+  std::vector<float> dz(rows * G, 0.0f), dx(d_inputs ? rows * Ep : 0, 0.0f);
   if (dh_final) std::memcpy(dh.data(), dh_final + b0 * H, rows * H * sizeof(float));
   for (long step = s.steps - 1; step >= 0; --step) {
     const long t = reverse ? s.steps - 1 - step : step;
@@ -249,6 +252,7 @@ void BackwardRows(const Shapes& s, long b0, long b1, const float* gates, const f
     }
     if (!any) {
       std::memset(dxw + (t * s.batch + b0) * G, 0, rows * G * sizeof(float));
+      if (d_inputs) std::memset(d_inputs + (t * s.batch + b0) * E, 0, rows * E * sizeof(float));
       continue;
     }
     for (long r = 0; r < rows; ++r) {
@@ -285,6 +289,13 @@ void BackwardRows(const Shapes& s, long b0, long b1, const float* gates, const f
       for (long j = 0; j < H; ++j) dhr[j] = rm ? dh_prev[r * Hp + j] * rm[j] : dh_prev[r * Hp + j];
     }
     std::memcpy(dxw + (t * s.batch + b0) * G, dz.data(), rows * G * sizeof(float));
+    if (d_inputs) {
+      Matmul(rows, G, dz.data(), G, 1, kernel_t, Ep / kPanel, G * kPanel, kPanel, dx.data(), Ep,
+             false);
+      for (long r = 0; r < rows; ++r) {
+        std::memcpy(d_inputs + (t * s.batch + b0 + r) * E, &dx[r * Ep], E * sizeof(float));
+      }
+    }
   }
 }
 
@@ -325,13 +336,51 @@ ffi::Error LstmForwardImpl(ffi::Buffer<ffi::F32> xw, ffi::Buffer<ffi::F32> recur
   return ffi::Error::Success();
 }
 
-// d recurrent_kernel (H, 4H) = sum over steps and rows of (h_before * recurrent_mask)^T dz: one
-// matmul over all T * B rows, its 16-column panels split between the threads.
+// out (M, G) = a^T @ dz, for a (depth, M) and dz (depth, G) row-major: the weight gradients, sums
+// over every step and row, in passes of kDepth rows; the 16-column panels are split between the
+// threads.
+void TransposedMatmul(long depth, long M, const float* a, const float* dz, long G, float* out) {
+  std::fill(out, out + M * G, 0.0f);
+  const long full_panels = G / kPanel;
+  ParallelFor(full_panels + 1, 1, [&](long p0, long p1) {
+    const long panels = std::min(p1, full_panels) - p0;
+    for (long k0 = 0; k0 < depth; k0 += kDepth) {
+      const long chunk = std::min(kDepth, depth - k0);
+      if (panels > 0) {
+        Matmul(M, chunk, a + k0 * M, 1, M, dz + k0 * G + p0 * kPanel, panels, kPanel, G,
+               out + p0 * kPanel, G, true);
+      }
+      if (p1 == full_panels + 1) {  // The columns beyond the last full panel.
+        for (long m = 0; m < M; ++m) {
+          for (long j = full_panels * kPanel; j < G; ++j) {
+            float acc = out[m * G + j];
+            for (long k = k0; k < k0 + chunk; ++k) acc += a[k * M + m] * dz[k * G + j];
+            out[m * G + j] = acc;
+          }
+        }
+      }
+    }
+  });
+}
+
+// out (G,) = the sum of dz's (depth, G) rows, in row order; columns split between the threads.
+void ColumnSums(long depth, const float* dz, long G, float* out) {
+  std::fill(out, out + G, 0.0f);
+  ParallelFor(G, kPanel, [&](long j0, long j1) {
+    for (long k = 0; k < depth; ++k) {
+      for (long j = j0; j < j1; ++j) out[j] += dz[k * G + j];
+    }
+  });
+}
+
+// d recurrent_kernel (H, 4H) = sum over steps and rows of (h_before * recurrent_mask)^T dz.
 void RecurrentKernelGradient(const Shapes& s, const float* hs, const float* recurrent_mask,
                              const float* dxw, bool reverse, float* out) {
   const long H = s.units, G = 4 * H, B = s.batch;
-  std::fill(out, out + H * G, 0.0f);
-  if (s.steps < 2) return;  // Every step started from the zero state.
+  if (s.steps < 2) {  // Every step started from the zero state.
+    std::fill(out, out + H * G, 0.0f);
+    return;
+  }
   const long depth = (s.steps - 1) * B;
   // Forward: step t started from hs[t - 1]; reverse: from hs[t + 1].
   const float* h_before = reverse ? hs + B * H : hs;
@@ -345,49 +394,46 @@ void RecurrentKernelGradient(const Shapes& s, const float* hs, const float* recu
     }
     h_before = masked.data();
   }
-  const long full_panels = G / kPanel;
-  ParallelFor(full_panels + 1, 1, [&](long p0, long p1) {
-    const long panels = std::min(p1, full_panels) - p0;
-    for (long k0 = 0; k0 < depth; k0 += kDepth) {
-      const long chunk = std::min(kDepth, depth - k0);
-      if (panels > 0) {
-        Matmul(H, chunk, h_before + k0 * H, 1, H, dz + k0 * G + p0 * kPanel, panels, kPanel, G,
-               out + p0 * kPanel, G, true);
-      }
-      if (p1 == full_panels + 1) {  // The columns beyond the last full panel.
-        for (long m = 0; m < H; ++m) {
-          for (long j = full_panels * kPanel; j < G; ++j) {
-            float acc = out[m * G + j];
-            for (long k = k0; k < k0 + chunk; ++k) acc += h_before[k * H + m] * dz[k * G + j];
-            out[m * G + j] = acc;
-          }
-        }
-      }
-    }
-  });
+  TransposedMatmul(depth, H, h_before, dz, G, out);
 }
 
+// With inputs (T, B, E) and kernel (E, 4H) (else empty), also the gradients of the projection
+// xw = inputs @ kernel + bias: d inputs, d kernel and d bias.
 ffi::Error LstmBackwardImpl(ffi::Buffer<ffi::F32> gates, ffi::Buffer<ffi::F32> cs,
                             ffi::Buffer<ffi::F32> hs, ffi::Buffer<ffi::F32> recurrent_kernel,
                             ffi::Buffer<ffi::PRED> mask, ffi::Buffer<ffi::F32> recurrent_mask,
                             ffi::Buffer<ffi::F32> dh_final, ffi::Buffer<ffi::F32> dhs,
+                            ffi::Buffer<ffi::F32> inputs, ffi::Buffer<ffi::F32> kernel,
                             int32_t reverse, ffi::ResultBuffer<ffi::F32> dxw,
-                            ffi::ResultBuffer<ffi::F32> d_recurrent_kernel) {
+                            ffi::ResultBuffer<ffi::F32> d_recurrent_kernel,
+                            ffi::ResultBuffer<ffi::F32> d_inputs,
+                            ffi::ResultBuffer<ffi::F32> d_kernel,
+                            ffi::ResultBuffer<ffi::F32> d_bias) {
   const auto dims = cs.dimensions();
   if (dims.size() != 3) return ffi::Error::InvalidArgument("cs must be (T, B, H)");
   const Shapes s{dims[0], dims[1], dims[2]};
-  const std::vector<float> packed_t =
-      Pack(recurrent_kernel.typed_data(), 4 * s.units, s.units, true);
+  const long G = 4 * s.units;
+  const std::vector<float> packed_t = Pack(recurrent_kernel.typed_data(), G, s.units, true);
+  const bool project = inputs.element_count() != 0;
+  const long features = project ? inputs.dimensions()[2] : 0;
+  const std::vector<float> kernel_t =
+      project ? Pack(kernel.typed_data(), G, features, true) : std::vector<float>();
   const bool* m = mask.element_count() ? mask.typed_data() : nullptr;
   const float* rm = recurrent_mask.element_count() ? recurrent_mask.typed_data() : nullptr;
   const float* dh = dh_final.element_count() ? dh_final.typed_data() : nullptr;
   const float* dh_seq = dhs.element_count() ? dhs.typed_data() : nullptr;
   ParallelFor(s.batch, 4, [&](long b0, long b1) {
     BackwardRows(s, b0, b1, gates.typed_data(), cs.typed_data(), packed_t.data(), m, rm,
-                 reverse != 0, dh, dh_seq, dxw->typed_data());
+                 reverse != 0, dh, dh_seq, dxw->typed_data(), features, kernel_t.data(),
+                 project ? d_inputs->typed_data() : nullptr);
   });
   RecurrentKernelGradient(s, hs.typed_data(), rm, dxw->typed_data(), reverse != 0,
                           d_recurrent_kernel->typed_data());
+  if (project) {
+    TransposedMatmul(s.steps * s.batch, features, inputs.typed_data(), dxw->typed_data(), G,
+                     d_kernel->typed_data());
+    ColumnSums(s.steps * s.batch, dxw->typed_data(), G, d_bias->typed_data());
+  }
   return ffi::Error::Success();
 }
 
@@ -416,6 +462,11 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(SeqjaxLstmBackward, LstmBackwardImpl,
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
                                   .Attr<int32_t>("reverse")
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>());
