@@ -6,8 +6,9 @@
    against the BLAS sgemm that scipy exports (OpenBLAS; the one jaxlib's LAPACK kernels call),
    for 32, 64 and 128 rows (a 64 or 256 batch split over 2 cores, and unsplit). CPU time of
    the calling thread, best of 5 runs of 2000 calls.
-2. The kernel's whole passes over 500 steps at H = 100, as the train step (B = 64) and
-   inference (B = 256) call them, wall time, median of --repeats calls, with all threads.
+2. The kernel's whole passes over 500 steps at E = 32, H = 100 (input projection included), as
+   the train step (B = 64) and inference (B = 256) call them: wall time, median of
+   `repeats` (the argument, default 10) calls, with all threads.
 """
 
 import os
@@ -23,7 +24,7 @@ import tempfile  # noqa: E402
 import time  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-UNITS, STEPS = 100, 500
+UNITS, STEPS, FEATURES = 100, 500, 32
 
 HARNESS = r"""
 #include "SOURCE"
@@ -116,17 +117,20 @@ def time_passes(repeats: int) -> None:
     return statistics.median(times)
 
   rng = np.random.default_rng(0)
-  recurrent_kernel = jnp.asarray(rng.normal(size=(UNITS, 4 * UNITS)) / 10, jnp.float32)
+  normal = lambda *shape: jnp.asarray(rng.normal(size=shape) / 10, jnp.float32)
+  recurrent_kernel, kernel, bias = normal(UNITS, 4 * UNITS), normal(FEATURES, 4 * UNITS), normal(
+      4 * UNITS)
   for batch in (64, 256):
-    xw = jnp.asarray(rng.normal(size=(STEPS, batch, 4 * UNITS)), jnp.float32)
-    run = jax.jit(lambda xw, rk, residuals: native_lstm.forward(
-        xw, rk, None, None, False, sequences=False, residuals=residuals), static_argnums=2)
-    h, hs, cs, gates = run(xw, recurrent_kernel, True)
-    backward = jax.jit(lambda *a: native_lstm.backward(*a, None, None, h, False, False))
-    times = {"inference forward": median_seconds(lambda: run(xw, recurrent_kernel, False)),
-             "training forward (with residuals)": median_seconds(
-                 lambda: run(xw, recurrent_kernel, True)),
-             "backward": median_seconds(lambda: backward(gates, cs, hs, recurrent_kernel))}
+    inputs = normal(STEPS, batch, FEATURES) * 10
+    run = jax.jit(lambda inputs, residuals: native_lstm.forward(
+        None, recurrent_kernel, None, None, False, sequences=False, residuals=residuals,
+        projection=(inputs, kernel, bias)), static_argnums=1)
+    h, hs, cs, gates = run(inputs, True)
+    backward = jax.jit(lambda *a: native_lstm.backward(
+        *a, recurrent_kernel, None, None, h, False, False, projection=(inputs, kernel)))
+    times = {"inference forward": median_seconds(lambda: run(inputs, False)),
+             "training forward (with residuals)": median_seconds(lambda: run(inputs, True)),
+             "backward": median_seconds(lambda: backward(gates, cs, hs))}
     for name, seconds in times.items():
       print(f"B={batch:3d} T={STEPS} H={UNITS} {name:34s} {seconds * 1e3:6.1f} ms "
             f"({seconds / STEPS * 1e6:5.1f} us a step)", flush=True)
