@@ -245,7 +245,8 @@ class LSTM(nn.Module):
   """Keras' `LSTM(units, dropout, recurrent_dropout)` over a whole sequence.
 
   Parameters: kernel (E, 4H), recurrent_kernel (H, 4H), bias (4H,). The input projection of
-  all T steps is one matmul; only the recurrent part is scanned over time (`lstm_recurrence`).
+  all T steps is one matmul; only the recurrent part is scanned over time (`lstm_recurrence`),
+  or on CPU both run in the native kernel (`lstm_layer`), or on GPU in cuDNN (`cudnn_lstm`).
   Input (B, T, E) -> final state h (B, H), or all states (B, T, H) with return_sequences.
   `reverse=True` reads the sequence from its last step to its first (Keras' go_backwards).
   `mask` (B, T), True on real steps: padded steps leave the state unchanged, so the result
