@@ -18,6 +18,8 @@ setuptools.setup(
     long_description=(HERE / "README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     packages=setuptools.find_packages(include=["seqjax", "seqjax.*"]),
+    # The native LSTM kernel's source: compiled on first use (seqjax/native_lstm.py).
+    package_data={"seqjax": ["native_lstm.cc"]},
     python_requires=">=3.11",
     # Minimum versions are the ones the test suite was run with.
     install_requires=[

@@ -13,7 +13,9 @@ straightforward Flax model (nn.RNN over nn.OptimizedLSTMCell). seqjax runs with 
 settings its commands restart with (seqjax/malloc.py); every peer is timed with and without
 them and keeps its better figures; --seqjax_mallocs times seqjax under other settings too
 (MALLOC_ENVS). "seqjax_2dev" is seqjax with the CPU split into two XLA devices (the batch
-split over the cores); it is shown beside seqjax, as an option, not counted as either. Prints
+split over the cores), and "seqjax_scan" seqjax with its LSTM on the nn.scan path rather than
+the native kernel (seqjax/native_lstm.py); each row of seqjax says which path its LSTM took
+("lstm_path"). Both are shown beside seqjax, as options, not counted as either. Prints
 a table and the ratios of seqjax to the best other framework, and writes JSON with every
 measurement.
 """
@@ -44,7 +46,10 @@ PEER_MALLOCS = ["default", "restart"]
 # seqjax_2dev: seqjax with the CPU split into one XLA device per core (data parallel over the
 # cores, as train.py runs on several devices). Not what seqjax's commands do by default, so it
 # is shown beside seqjax, not counted as seqjax or as a peer.
-FRAMEWORK_ENVS = {"seqjax_2dev": {"XLA_FLAGS": "--xla_force_host_platform_device_count=2"}}
+# seqjax_scan: seqjax with its LSTM on the nn.scan path instead of the native kernel (the
+# reference, and the path where the kernel cannot be built), shown beside seqjax likewise.
+FRAMEWORK_ENVS = {"seqjax_2dev": {"XLA_FLAGS": "--xla_force_host_platform_device_count=2"},
+                  "seqjax_scan": {"SEQJAX_LSTM_KERNEL": "scan"}}
 
 
 def _timed(fn, steps: int) -> tuple[float, float]:
@@ -74,7 +79,7 @@ def measure_seqjax(model_name: str, steps: int) -> dict:
   import numpy as np
 
   from seqjax import config as config_lib
-  from seqjax import models, parallel, train
+  from seqjax import models, native_lstm, parallel, train
   config = config_lib.from_file(ROOT / "configs" / f"{model_name}.py")
   inputs, labels, infer = _batches()
   model = models.create_model(config)
@@ -99,7 +104,8 @@ def measure_seqjax(model_name: str, steps: int) -> dict:
   def infer_once():
     jax.block_until_ready(predict(holder["state"].params, infer))
 
-  return {"train": _timed(train_once, steps), "infer": _timed(infer_once, steps)}
+  return {"train": _timed(train_once, steps), "infer": _timed(infer_once, steps),
+          "lstm_path": native_lstm.path_in_use()}
 
 
 def compile_bucket_widths(model_name: str) -> dict:
@@ -283,7 +289,7 @@ def measure_torch(model_name: str, steps: int) -> dict:
 
 def run_one(framework: str, model_name: str, steps: int) -> dict:
   """Measures one (framework, model) pair in this process."""
-  if framework in ("seqjax", "seqjax_2dev"):
+  if framework.startswith("seqjax"):
     out = measure_seqjax(model_name, steps)
   elif framework == "flax":
     out = measure_flax_reference(model_name, steps)
@@ -296,20 +302,21 @@ def run_one(framework: str, model_name: str, steps: int) -> dict:
           "train_examples_per_second": TRAIN_BATCH / train_step,
           "infer_examples_per_second": INFER_BATCH / infer_step,
           "train_first_call_seconds": train_first, "infer_first_call_seconds": infer_first,
-          "peak_memory_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+          "peak_memory_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+          **({"lstm_path": out["lstm_path"]} if "lstm_path" in out else {})}
 
 
 def available(framework: str) -> bool:
-  module = {"seqjax": "jax", "seqjax_2dev": "jax", "flax": "flax", "keras": "keras",
-            "keras_xla": "keras", "torch": "torch"}[framework]
+  module = {"seqjax": "jax", "seqjax_2dev": "jax", "seqjax_scan": "jax", "flax": "flax",
+            "keras": "keras", "keras_xla": "keras", "torch": "torch"}[framework]
   return subprocess.run([sys.executable, "-c", f"import {module}"],
                         capture_output=True).returncode == 0
 
 
 def main() -> None:
   from absl import app, flags
-  flags.DEFINE_list("frameworks", ["seqjax", "seqjax_2dev", "flax", "keras", "keras_xla",
-                                   "torch"],
+  flags.DEFINE_list("frameworks", ["seqjax", "seqjax_2dev", "seqjax_scan", "flax", "keras",
+                                   "keras_xla", "torch"],
                     "What to time.")
   flags.DEFINE_list("models", MODELS, "Tutorial models to time.")
   flags.DEFINE_list("seqjax_mallocs", ["restart"], "malloc settings to time seqjax with: "

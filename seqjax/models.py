@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from seqjax import cudnn_lstm, native_lstm
 from seqjax.tokenizer import OOV_ID, PAD_ID
 
 Array = jax.Array
@@ -99,7 +100,6 @@ def scan_lstm_cell(emit: str | None, reverse: bool, xw: Array, recurrent_kernel:
   return scan(emit=emit).apply({}, (zeros, zeros), xw, mask, recurrent_kernel, recurrent_mask)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
 def lstm_recurrence(xw: Array, recurrent_kernel: Array, mask: Array | None,
                     recurrent_mask: Array | None, reverse: bool, return_sequences: bool) -> Array:
   """The scanned part of the LSTM, with a hand-written backward pass.
@@ -111,21 +111,47 @@ def lstm_recurrence(xw: Array, recurrent_kernel: Array, mask: Array | None,
   Autodiff of the scan accumulates the recurrent kernel's gradient inside the backward loop,
   one small matmul per step; this backward loop carries only (dh, dc), and the kernel's
   gradient is one large matmul after it.
+
+  On CPU in float32 both passes run in the native kernel (native_lstm.cc, one call per
+  pass) unless $SEQJAX_LSTM_KERNEL says otherwise; elsewhere they scan `LSTMCell`.
   """
+  return _lstm_recurrence(xw, recurrent_kernel, mask, recurrent_mask, reverse,
+                          return_sequences, native_lstm.enabled(xw.dtype))
+
+
+# `native` is an argument, not read inside, so that JAX's caches of traced functions key on it.
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6))
+def _lstm_recurrence(xw, recurrent_kernel, mask, recurrent_mask, reverse, return_sequences,
+                     native):
+  if native:
+    h, hs, _, _ = native_lstm.forward(xw, recurrent_kernel, mask, recurrent_mask, reverse,
+                                      sequences=return_sequences, residuals=False)
+    return hs if return_sequences else h
   (_, h), hs = scan_lstm_cell("h" if return_sequences else None, reverse, xw,
                               recurrent_kernel, mask, recurrent_mask)
   return hs if return_sequences else h
 
 
-def _lstm_recurrence_fwd(xw, recurrent_kernel, mask, recurrent_mask, reverse, return_sequences):
-  (_, h), residuals = scan_lstm_cell("residuals", reverse, xw, recurrent_kernel, mask,
-                                     recurrent_mask)
-  hs = residuals[2]
+def _lstm_recurrence_fwd(xw, recurrent_kernel, mask, recurrent_mask, reverse, return_sequences,
+                         native):
+  if native:
+    h, hs, cs, gate_tanh = native_lstm.forward(xw, recurrent_kernel, mask, recurrent_mask,
+                                               reverse, sequences=True, residuals=True)
+    residuals = gate_tanh, cs, hs
+  else:
+    (_, h), residuals = scan_lstm_cell("residuals", reverse, xw, recurrent_kernel, mask,
+                                       recurrent_mask)
+    hs = residuals[2]
   return hs if return_sequences else h, (residuals, recurrent_kernel, mask, recurrent_mask)
 
 
-def _lstm_recurrence_bwd(reverse, return_sequences, saved, grad):
+def _lstm_recurrence_bwd(reverse, return_sequences, native, saved, grad):
   (gate_tanh, cs, hs), recurrent_kernel, mask, recurrent_mask = saved
+  if native:
+    dxw, d_recurrent_kernel, _, _, _ = native_lstm.backward(
+        gate_tanh, cs, hs, recurrent_kernel, mask, recurrent_mask, grad, reverse,
+        return_sequences)
+    return dxw, d_recurrent_kernel, None, None
   zeros = jnp.zeros_like(cs[:1])
   # The state each step started from, in time order: the previous step's, or the next one's
   # when the scan ran backwards.
@@ -166,14 +192,61 @@ def _lstm_recurrence_bwd(reverse, return_sequences, saved, grad):
   return dxw, d_recurrent_kernel, None, None
 
 
-lstm_recurrence.defvjp(_lstm_recurrence_fwd, _lstm_recurrence_bwd)
+_lstm_recurrence.defvjp(_lstm_recurrence_fwd, _lstm_recurrence_bwd)
+
+
+def lstm_layer(inputs: Array, kernel: Array, bias: Array, recurrent_kernel: Array,
+               mask: Array | None, recurrent_mask: Array | None, reverse: bool,
+               return_sequences: bool) -> Array:
+  """`lstm_recurrence` of xw = inputs (T, B, E) @ kernel (E, 4H) + bias (4H,), all scaled by
+  `gate_scale` like recurrent_kernel (H, 4H).
+
+  The native kernel computes xw itself, one step at a time, and the projection's gradients in
+  its backward pass: XLA never reads or writes a (T, B, 4H) array of every step's projection,
+  the layer's largest.
+  """
+  if native_lstm.enabled(inputs.dtype):
+    return _projected_native_recurrence(inputs, kernel, bias, recurrent_kernel, mask,
+                                        recurrent_mask, reverse, return_sequences)
+  return lstm_recurrence(inputs @ kernel + bias, recurrent_kernel, mask, recurrent_mask,
+                         reverse, return_sequences)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(6, 7))
+def _projected_native_recurrence(inputs, kernel, bias, recurrent_kernel, mask, recurrent_mask,
+                                 reverse, return_sequences):
+  h, hs, _, _ = native_lstm.forward(None, recurrent_kernel, mask, recurrent_mask, reverse,
+                                    sequences=return_sequences, residuals=False,
+                                    projection=(inputs, kernel, bias))
+  return hs if return_sequences else h
+
+
+def _projected_native_fwd(inputs, kernel, bias, recurrent_kernel, mask, recurrent_mask, reverse,
+                          return_sequences):
+  h, hs, cs, gate_tanh = native_lstm.forward(None, recurrent_kernel, mask, recurrent_mask,
+                                             reverse, sequences=True, residuals=True,
+                                             projection=(inputs, kernel, bias))
+  saved = ((gate_tanh, cs, hs), recurrent_kernel, mask, recurrent_mask), inputs, kernel
+  return hs if return_sequences else h, saved
+
+
+def _projected_native_bwd(reverse, return_sequences, saved, grad):
+  ((gate_tanh, cs, hs), recurrent_kernel, mask, recurrent_mask), inputs, kernel = saved
+  _, d_recurrent_kernel, d_inputs, d_kernel, d_bias = native_lstm.backward(
+      gate_tanh, cs, hs, recurrent_kernel, mask, recurrent_mask, grad, reverse,
+      return_sequences, projection=(inputs, kernel))
+  return d_inputs, d_kernel, d_bias, d_recurrent_kernel, None, None
+
+
+_projected_native_recurrence.defvjp(_projected_native_fwd, _projected_native_bwd)
 
 
 class LSTM(nn.Module):
   """Keras' `LSTM(units, dropout, recurrent_dropout)` over a whole sequence.
 
   Parameters: kernel (E, 4H), recurrent_kernel (H, 4H), bias (4H,). The input projection of
-  all T steps is one matmul; only the recurrent part is scanned over time (`lstm_recurrence`).
+  all T steps is one matmul; only the recurrent part is scanned over time (`lstm_recurrence`),
+  or on CPU both run in the native kernel (`lstm_layer`), or on GPU in cuDNN (`cudnn_lstm`).
   Input (B, T, E) -> final state h (B, H), or all states (B, T, H) with return_sequences.
   `reverse=True` reads the sequence from its last step to its first (Keras' go_backwards).
   `mask` (B, T), True on real steps: padded steps leave the state unchanged, so the result
@@ -203,11 +276,15 @@ class LSTM(nn.Module):
                                            not train)
     if recurrent_mask is not None:
       recurrent_mask = recurrent_mask.astype(self.dtype)
+    if cudnn_lstm.enabled(self.dtype, recurrent_mask is not None):
+      return cudnn_lstm.lstm(jnp.swapaxes(inputs, 0, 1), kernel, recurrent_kernel, bias, mask,
+                             self.reverse, self.return_sequences)
     scale = gate_scale(self.units)
-    xw = inputs @ (kernel * scale).astype(self.dtype) + (bias * scale).astype(self.dtype)
-    outputs = lstm_recurrence(xw, (recurrent_kernel * scale).astype(self.dtype),
-                              None if mask is None else mask.T, recurrent_mask, self.reverse,
-                              self.return_sequences)
+    outputs = lstm_layer(inputs, (kernel * scale).astype(self.dtype),
+                         (bias * scale).astype(self.dtype),
+                         (recurrent_kernel * scale).astype(self.dtype),
+                         None if mask is None else mask.T, recurrent_mask, self.reverse,
+                         self.return_sequences)
     return jnp.swapaxes(outputs, 0, 1) if self.return_sequences else outputs
 
 

@@ -1,0 +1,472 @@
+// The LSTM recurrence of seqjax.models.lstm_recurrence as two XLA FFI custom calls on CPU: the
+// whole forward time loop in one call, the whole backward loop in another.
+//
+// Shapes: T steps, B batch, H units, G = 4H. Inputs are time-major and already scaled by
+// models.gate_scale, so one tanh over the G columns gives every gate (see models.py).
+//
+// Each batch row's recurrence is independent of the others, so the batch is split into one
+// contiguous slice per thread and every thread runs the whole time loop on its slice: no
+// synchronisation inside the loop. The matmuls are a register-blocked micro-kernel (6 rows x
+// 16 columns of accumulators) over a recurrent kernel packed once per call into 16-column
+// panels; every output element sums its products in the same order whatever the thread
+// count or the row's place in its slice, so results are bitwise reproducible.
+//
+// Built by seqjax/native_lstm.py with the machine's C++ compiler on first use.
+
+#include <algorithm>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <thread>
+#include <vector>
+
+#if defined(__linux__)
+#include <sched.h>
+#endif
+
+#include "xla/ffi/api/ffi.h"
+
+namespace ffi = xla::ffi;
+
+namespace {
+
+// Eight floats; the compiler maps them to AVX, SSE or NEON as -march allows.
+typedef float v8 __attribute__((vector_size(32)));
+typedef float v8u __attribute__((vector_size(32), aligned(4)));
+
+constexpr int kRows = 6;     // Rows of a micro-kernel block.
+constexpr int kPanel = 16;   // Columns of a panel: two v8.
+constexpr long kDepth = 256;  // Rows of the weight-gradient matmul's operands per pass.
+
+inline v8 Load(const float* p) { return *reinterpret_cast<const v8u*>(p); }
+inline void Store(float* p, v8 v) { *reinterpret_cast<v8u*>(p) = v; }
+
+// C[m, 0:16] (+)= sum_k A[m * lda + k * astep] * B[k * ldb + 0:16], for m < M; k ascending.
+template <int M>
+inline void MicroKernel(long depth, const float* __restrict a, long lda, long astep,
+                        const float* __restrict b, long ldb, float* __restrict c, long ldc,
+                        bool accumulate) {
+  v8 c0[M], c1[M];
+  for (int m = 0; m < M; ++m) {
+    if (accumulate) {
+      c0[m] = Load(c + m * ldc);
+      c1[m] = Load(c + m * ldc + 8);
+    } else {
+      c0[m] = v8{};
+      c1[m] = v8{};
+    }
+  }
+  for (long k = 0; k < depth; ++k) {
+    const v8 b0 = Load(b + k * ldb), b1 = Load(b + k * ldb + 8);
+    const float* ak = a + k * astep;
+    for (int m = 0; m < M; ++m) {
+      const float x = ak[m * lda];
+      c0[m] += x * b0;
+      c1[m] += x * b1;
+    }
+  }
+  for (int m = 0; m < M; ++m) {
+    Store(c + m * ldc, c0[m]);
+    Store(c + m * ldc + 8, c1[m]);
+  }
+}
+
+// C (rows, 16 * panels) (+)= A (rows, depth) @ B, B's panel p at b + p * panel_stride with row
+// stride ldb. The panel loop is outside so that a panel stays in L1 over all row blocks.
+void Matmul(long rows, long depth, const float* a, long lda, long astep, const float* b,
+            long panels, long panel_stride, long ldb, float* c, long ldc, bool accumulate) {
+  for (long p = 0; p < panels; ++p) {
+    const float* bp = b + p * panel_stride;
+    float* cp = c + p * kPanel;
+    long m = 0;
+    for (; m + kRows <= rows; m += kRows) {
+      MicroKernel<kRows>(depth, a + m * lda, lda, astep, bp, ldb, cp + m * ldc, ldc, accumulate);
+    }
+    switch (rows - m) {
+#define SEQJAX_TAIL(R)                                                                       \
+  case R:                                                                                    \
+    MicroKernel<R>(depth, a + m * lda, lda, astep, bp, ldb, cp + m * ldc, ldc, accumulate); \
+    break;
+      SEQJAX_TAIL(1) SEQJAX_TAIL(2) SEQJAX_TAIL(3) SEQJAX_TAIL(4) SEQJAX_TAIL(5)
+#undef SEQJAX_TAIL
+      default:
+        break;
+    }
+  }
+}
+
+long RoundUp(long n, long multiple) { return (n + multiple - 1) / multiple * multiple; }
+
+// w (depth, cols) row-major, or its transpose when `transpose` (w then (cols, depth)) ->
+// 16-column panels, each (depth, 16) contiguous, zero beyond `cols`.
+std::vector<float> Pack(const float* w, long depth, long cols, bool transpose) {
+  const long panels = RoundUp(cols, kPanel) / kPanel;
+  std::vector<float> packed(panels * depth * kPanel, 0.0f);
+  for (long p = 0; p < panels; ++p) {
+    for (long k = 0; k < depth; ++k) {
+      for (long j = 0; j < kPanel && p * kPanel + j < cols; ++j) {
+        const long col = p * kPanel + j;
+        packed[(p * depth + k) * kPanel + j] = transpose ? w[col * depth + k] : w[k * cols + col];
+      }
+    }
+  }
+  return packed;
+}
+
+// tanh in float32 as Eigen approximates it: a 13/6 rational function on [-7.9, 7.9], within
+// 4e-7 of tanh; unlike std::tanh, the compiler vectorizes it.
+inline float Tanh(float x) {
+  const float clamp = 7.90531110763549805f;
+  const float y = x < -clamp ? -clamp : (x > clamp ? clamp : x);
+  const float y2 = y * y;
+  float p = y2 * -2.76076847742355e-16f + 2.00018790482477e-13f;
+  p = y2 * p + -8.60467152213735e-11f;
+  p = y2 * p + 5.12229709037114e-08f;
+  p = y2 * p + 1.48572235717979e-05f;
+  p = y2 * p + 6.37261928875436e-04f;
+  p = y2 * p + 4.89352455891786e-03f;
+  p = y * p;
+  float q = y2 * 1.19825839466702e-06f + 1.18534705686654e-04f;
+  q = y2 * q + 2.26843463243900e-03f;
+  q = y2 * q + 4.89352518554385e-03f;
+  const float t = p / q;
+  return (x > -0.0004f && x < 0.0004f) ? x : t;
+}
+
+int ThreadCount() {
+  static const int count = [] {
+    const char* forced = std::getenv("SEQJAX_LSTM_THREADS");
+    if (forced != nullptr && std::atoi(forced) > 0) return std::atoi(forced);
+#if defined(__linux__)
+    cpu_set_t set;
+    if (sched_getaffinity(0, sizeof(set), &set) == 0) return std::max(1, CPU_COUNT(&set));
+#endif
+    return static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  }();
+  return count;
+}
+
+// Runs fn(begin, end) over [0, n) split into contiguous parts, one per thread, at least `grain`
+// items each; the calling thread takes the first part.
+template <typename Fn>
+void ParallelFor(long n, long grain, Fn fn) {
+  const long parts = std::max(1L, std::min<long>(ThreadCount(), n / std::max(1L, grain)));
+  std::vector<std::thread> threads;
+  for (long i = 1; i < parts; ++i) {
+    threads.emplace_back(fn, n * i / parts, n * (i + 1) / parts);
+  }
+  fn(0L, n / parts);
+  for (std::thread& thread : threads) thread.join();
+}
+
+struct Shapes {
+  long steps, batch, units;
+};
+
+// The input projection when the forward pass computes it: inputs (T, B, E), the kernel (E, 4H)
+// packed into panels, and the bias (4H,).
+struct Projection {
+  long features = 0;
+  const float* inputs = nullptr;
+  std::vector<float> packed;
+  const float* bias = nullptr;
+};
+
+// Forward over batch rows [b0, b1). Writes h_final (B, H) and, where given, hs, cs (T, B, H)
+// and gates (T, B, 4H), the tanh of the scaled pre-activations.
+void ForwardRows(const Shapes& s, long b0, long b1, const float* xw, const Projection& in,
+                 const float* packed, const bool* mask, const float* recurrent_mask, bool reverse,
+                 float* h_final, float* hs, float* cs, float* gates) {
+  const long rows = b1 - b0, H = s.units, G = 4 * H, Gp = RoundUp(G, kPanel);
+  std::vector<float> c(rows * H, 0.0f), h(rows * H, 0.0f), hm(rows * H, 0.0f), z(rows * Gp, 0.0f);
+  for (long step = 0; step < s.steps; ++step) {
+    const long t = reverse ? s.steps - 1 - step : step;
+    const bool* keep = mask ? mask + t * s.batch + b0 : nullptr;
+    bool any = keep == nullptr;
+    for (long r = 0; r < rows && !any; ++r) any = keep[r];
+    float* gates_t = gates ? gates + (t * s.batch + b0) * G : nullptr;
+    if (any) {
+      const float* hin = h.data();
+      if (recurrent_mask) {
+        for (long r = 0; r < rows; ++r) {
+          const float* rm = recurrent_mask + (b0 + r) * H;
+          for (long j = 0; j < H; ++j) hm[r * H + j] = h[r * H + j] * rm[j];
+        }
+        hin = hm.data();
+      }
+      for (long r = 0; r < rows; ++r) {
+        std::memcpy(&z[r * Gp], xw ? xw + (t * s.batch + b0 + r) * G : in.bias, G * sizeof(float));
+      }
+      if (!xw) {  // z = bias + x_t @ kernel, here rather than in XLA: no (T, B, 4H) xw in memory.
+        Matmul(rows, in.features, in.inputs + (t * s.batch + b0) * in.features, in.features, 1,
+               in.packed.data(), Gp / kPanel, in.features * kPanel, kPanel, z.data(), Gp, true);
+      }
+      Matmul(rows, H, hin, H, 1, packed, Gp / kPanel, H * kPanel, kPanel, z.data(), Gp, true);
+    }
+    for (long r = 0; r < rows; ++r) {
+      float* zr = &z[r * Gp];
+      float* cr = &c[r * H];
+      float* hr = &h[r * H];
+      if (keep == nullptr || keep[r]) {
+        for (long j = 0; j < G; ++j) zr[j] = Tanh(zr[j]);
+        const float *gi = zr, *gf = zr + H, *gg = zr + 2 * H, *go = zr + 3 * H;
+        for (long j = 0; j < H; ++j) {
+          const float i = gi[j] * 0.5f + 0.5f, f = gf[j] * 0.5f + 0.5f, o = go[j] * 0.5f + 0.5f;
+          cr[j] = f * cr[j] + i * gg[j];
+          hr[j] = o * Tanh(cr[j]);
+        }
+      } else {
+        std::fill(zr, zr + G, 0.0f);  // Never read: the backward pass zeroes padded steps.
+      }
+      if (gates_t) std::memcpy(gates_t + r * G, zr, G * sizeof(float));
+      const long at = (t * s.batch + b0 + r) * H;
+      if (cs) std::memcpy(cs + at, cr, H * sizeof(float));
+      if (hs) std::memcpy(hs + at, hr, H * sizeof(float));
+    }
+  }
+  std::memcpy(h_final + b0 * H, h.data(), rows * H * sizeof(float));
+}
+
+// Backward over batch rows [b0, b1): d xw (T, B, 4H) from the forward's residuals and the
+// output's gradient, dh_final (B, H) or dhs (T, B, H) (the other null).
+// With `kernel_t` (the input kernel's transpose, packed), also d inputs (T, B, E).
+void BackwardRows(const Shapes& s, long b0, long b1, const float* gates, const float* cs,
+                  const float* packed_t, const bool* mask, const float* recurrent_mask,
+                  bool reverse, const float* dh_final, const float* dhs, float* dxw,
+                  long features, const float* kernel_t, float* d_inputs) {
+  const long rows = b1 - b0, H = s.units, G = 4 * H, Hp = RoundUp(H, kPanel);
+  const long E = features, Ep = RoundUp(E, kPanel);
+  std::vector<float> dh(rows * H, 0.0f), dc(rows * H, 0.0f), dh_prev(rows * Hp, 0.0f);
+  std::vector<float> dz(rows * G, 0.0f), dx(d_inputs ? rows * Ep : 0, 0.0f);
+  if (dh_final) std::memcpy(dh.data(), dh_final + b0 * H, rows * H * sizeof(float));
+  for (long step = s.steps - 1; step >= 0; --step) {
+    const long t = reverse ? s.steps - 1 - step : step;
+    const long before = reverse ? t + 1 : t - 1;  // The step whose state this one started from.
+    const bool has_before = before >= 0 && before < s.steps;
+    const bool* keep = mask ? mask + t * s.batch + b0 : nullptr;
+    bool any = keep == nullptr;
+    for (long r = 0; r < rows && !any; ++r) any = keep[r];
+    if (dhs) {  // The output's gradient reaches dh at padded steps too (it passes through).
+      const float* dhs_t = dhs + (t * s.batch + b0) * H;
+      for (long k = 0; k < rows * H; ++k) dh[k] += dhs_t[k];
+    }
+    if (!any) {
+      std::memset(dxw + (t * s.batch + b0) * G, 0, rows * G * sizeof(float));
+      if (d_inputs) std::memset(d_inputs + (t * s.batch + b0) * E, 0, rows * E * sizeof(float));
+      continue;
+    }
+    for (long r = 0; r < rows; ++r) {
+      const long at = (t * s.batch + b0 + r) * H;
+      float* dhr = &dh[r * H];
+      float* dzr = &dz[r * G];
+      if (keep && !keep[r]) {  // Padding: no gradient to xw; dh and dc pass through.
+        std::fill(dzr, dzr + G, 0.0f);
+        continue;
+      }
+      const float* gt = gates + (t * s.batch + b0 + r) * G;
+      const float *gi = gt, *gf = gt + H, *gg = gt + 2 * H, *go = gt + 3 * H;
+      const float* c = cs + at;
+      const float* c_prev = has_before ? cs + (before * s.batch + b0 + r) * H : nullptr;
+      float* dcr = &dc[r * H];
+      for (long j = 0; j < H; ++j) {
+        const float i = gi[j] * 0.5f + 0.5f, f = gf[j] * 0.5f + 0.5f, o = go[j] * 0.5f + 0.5f;
+        const float tanh_c = Tanh(c[j]);
+        const float dc_total = dcr[j] + dhr[j] * o * (1.0f - tanh_c * tanh_c);
+        const float cp = c_prev ? c_prev[j] : 0.0f;
+        dzr[j] = dc_total * gg[j] * 0.5f * (1.0f - gi[j] * gi[j]);
+        dzr[H + j] = dc_total * cp * 0.5f * (1.0f - gf[j] * gf[j]);
+        dzr[2 * H + j] = dc_total * i * (1.0f - gg[j] * gg[j]);
+        dzr[3 * H + j] = dhr[j] * tanh_c * 0.5f * (1.0f - go[j] * go[j]);
+        dcr[j] = dc_total * f;
+      }
+    }
+    Matmul(rows, G, dz.data(), G, 1, packed_t, Hp / kPanel, G * kPanel, kPanel, dh_prev.data(),
+           Hp, false);
+    for (long r = 0; r < rows; ++r) {
+      float* dhr = &dh[r * H];
+      if (keep && !keep[r]) continue;
+      const float* rm = recurrent_mask ? recurrent_mask + (b0 + r) * H : nullptr;
+      for (long j = 0; j < H; ++j) dhr[j] = rm ? dh_prev[r * Hp + j] * rm[j] : dh_prev[r * Hp + j];
+    }
+    std::memcpy(dxw + (t * s.batch + b0) * G, dz.data(), rows * G * sizeof(float));
+    if (d_inputs) {
+      Matmul(rows, G, dz.data(), G, 1, kernel_t, Ep / kPanel, G * kPanel, kPanel, dx.data(), Ep,
+             false);
+      for (long r = 0; r < rows; ++r) {
+        std::memcpy(d_inputs + (t * s.batch + b0 + r) * E, &dx[r * Ep], E * sizeof(float));
+      }
+    }
+  }
+}
+
+}  // namespace
+
+// xw (T, B, 4H), or empty with inputs (T, B, E), kernel (E, 4H) and bias (4H,) to project.
+ffi::Error LstmForwardImpl(ffi::Buffer<ffi::F32> xw, ffi::Buffer<ffi::F32> recurrent_kernel,
+                           ffi::Buffer<ffi::PRED> mask, ffi::Buffer<ffi::F32> recurrent_mask,
+                           ffi::Buffer<ffi::F32> inputs, ffi::Buffer<ffi::F32> kernel,
+                           ffi::Buffer<ffi::F32> bias, int32_t reverse,
+                           ffi::ResultBuffer<ffi::F32> h_final, ffi::ResultBuffer<ffi::F32> hs,
+                           ffi::ResultBuffer<ffi::F32> cs, ffi::ResultBuffer<ffi::F32> gates) {
+  const bool project = xw.element_count() == 0;
+  const auto dims = (project ? inputs : xw).dimensions();
+  const auto rk_dims = recurrent_kernel.dimensions();
+  if (dims.size() != 3 || rk_dims.size() != 2) {
+    return ffi::Error::InvalidArgument("expected xw or inputs (T, B, .), recurrent_kernel (H, 4H)");
+  }
+  const Shapes s{dims[0], dims[1], rk_dims[0]};
+  Projection in;
+  if (project) {
+    in.features = dims[2];
+    in.inputs = inputs.typed_data();
+    in.packed = Pack(kernel.typed_data(), in.features, 4 * s.units, false);
+    in.bias = bias.typed_data();
+  }
+  const std::vector<float> packed =
+      Pack(recurrent_kernel.typed_data(), s.units, 4 * s.units, false);
+  const bool* m = mask.element_count() ? mask.typed_data() : nullptr;
+  const float* rm = recurrent_mask.element_count() ? recurrent_mask.typed_data() : nullptr;
+  float* hs_out = hs->element_count() ? hs->typed_data() : nullptr;
+  float* cs_out = cs->element_count() ? cs->typed_data() : nullptr;
+  float* gates_out = gates->element_count() ? gates->typed_data() : nullptr;
+  ParallelFor(s.batch, 4, [&](long b0, long b1) {
+    ForwardRows(s, b0, b1, project ? nullptr : xw.typed_data(), in, packed.data(), m, rm,
+                reverse != 0, h_final->typed_data(), hs_out, cs_out, gates_out);
+  });
+  return ffi::Error::Success();
+}
+
+// out (M, G) = a^T @ dz, for a (depth, M) and dz (depth, G) row-major: the weight gradients, sums
+// over every step and row, in passes of kDepth rows; the 16-column panels are split between the
+// threads.
+void TransposedMatmul(long depth, long M, const float* a, const float* dz, long G, float* out) {
+  std::fill(out, out + M * G, 0.0f);
+  const long full_panels = G / kPanel;
+  ParallelFor(full_panels + 1, 1, [&](long p0, long p1) {
+    const long panels = std::min(p1, full_panels) - p0;
+    for (long k0 = 0; k0 < depth; k0 += kDepth) {
+      const long chunk = std::min(kDepth, depth - k0);
+      if (panels > 0) {
+        Matmul(M, chunk, a + k0 * M, 1, M, dz + k0 * G + p0 * kPanel, panels, kPanel, G,
+               out + p0 * kPanel, G, true);
+      }
+      if (p1 == full_panels + 1) {  // The columns beyond the last full panel.
+        for (long m = 0; m < M; ++m) {
+          for (long j = full_panels * kPanel; j < G; ++j) {
+            float acc = out[m * G + j];
+            for (long k = k0; k < k0 + chunk; ++k) acc += a[k * M + m] * dz[k * G + j];
+            out[m * G + j] = acc;
+          }
+        }
+      }
+    }
+  });
+}
+
+// out (G,) = the sum of dz's (depth, G) rows, in row order; columns split between the threads.
+void ColumnSums(long depth, const float* dz, long G, float* out) {
+  std::fill(out, out + G, 0.0f);
+  ParallelFor(G, kPanel, [&](long j0, long j1) {
+    for (long k = 0; k < depth; ++k) {
+      for (long j = j0; j < j1; ++j) out[j] += dz[k * G + j];
+    }
+  });
+}
+
+// d recurrent_kernel (H, 4H) = sum over steps and rows of (h_before * recurrent_mask)^T dz.
+void RecurrentKernelGradient(const Shapes& s, const float* hs, const float* recurrent_mask,
+                             const float* dxw, bool reverse, float* out) {
+  const long H = s.units, G = 4 * H, B = s.batch;
+  if (s.steps < 2) {  // Every step started from the zero state.
+    std::fill(out, out + H * G, 0.0f);
+    return;
+  }
+  const long depth = (s.steps - 1) * B;
+  // Forward: step t started from hs[t - 1]; reverse: from hs[t + 1].
+  const float* h_before = reverse ? hs + B * H : hs;
+  const float* dz = reverse ? dxw : dxw + B * G;
+  std::vector<float> masked;
+  if (recurrent_mask) {
+    masked.resize(depth * H);
+    for (long k = 0; k < depth; ++k) {
+      const float* rm = recurrent_mask + (k % B) * H;
+      for (long j = 0; j < H; ++j) masked[k * H + j] = h_before[k * H + j] * rm[j];
+    }
+    h_before = masked.data();
+  }
+  TransposedMatmul(depth, H, h_before, dz, G, out);
+}
+
+// With inputs (T, B, E) and kernel (E, 4H) (else empty), also the gradients of the projection
+// xw = inputs @ kernel + bias: d inputs, d kernel and d bias.
+ffi::Error LstmBackwardImpl(ffi::Buffer<ffi::F32> gates, ffi::Buffer<ffi::F32> cs,
+                            ffi::Buffer<ffi::F32> hs, ffi::Buffer<ffi::F32> recurrent_kernel,
+                            ffi::Buffer<ffi::PRED> mask, ffi::Buffer<ffi::F32> recurrent_mask,
+                            ffi::Buffer<ffi::F32> dh_final, ffi::Buffer<ffi::F32> dhs,
+                            ffi::Buffer<ffi::F32> inputs, ffi::Buffer<ffi::F32> kernel,
+                            int32_t reverse, ffi::ResultBuffer<ffi::F32> dxw,
+                            ffi::ResultBuffer<ffi::F32> d_recurrent_kernel,
+                            ffi::ResultBuffer<ffi::F32> d_inputs,
+                            ffi::ResultBuffer<ffi::F32> d_kernel,
+                            ffi::ResultBuffer<ffi::F32> d_bias) {
+  const auto dims = cs.dimensions();
+  if (dims.size() != 3) return ffi::Error::InvalidArgument("cs must be (T, B, H)");
+  const Shapes s{dims[0], dims[1], dims[2]};
+  const long G = 4 * s.units;
+  const std::vector<float> packed_t = Pack(recurrent_kernel.typed_data(), G, s.units, true);
+  const bool project = inputs.element_count() != 0;
+  const long features = project ? inputs.dimensions()[2] : 0;
+  const std::vector<float> kernel_t =
+      project ? Pack(kernel.typed_data(), G, features, true) : std::vector<float>();
+  const bool* m = mask.element_count() ? mask.typed_data() : nullptr;
+  const float* rm = recurrent_mask.element_count() ? recurrent_mask.typed_data() : nullptr;
+  const float* dh = dh_final.element_count() ? dh_final.typed_data() : nullptr;
+  const float* dh_seq = dhs.element_count() ? dhs.typed_data() : nullptr;
+  ParallelFor(s.batch, 4, [&](long b0, long b1) {
+    BackwardRows(s, b0, b1, gates.typed_data(), cs.typed_data(), packed_t.data(), m, rm,
+                 reverse != 0, dh, dh_seq, dxw->typed_data(), features, kernel_t.data(),
+                 project ? d_inputs->typed_data() : nullptr);
+  });
+  RecurrentKernelGradient(s, hs.typed_data(), rm, dxw->typed_data(), reverse != 0,
+                          d_recurrent_kernel->typed_data());
+  if (project) {
+    TransposedMatmul(s.steps * s.batch, features, inputs.typed_data(), dxw->typed_data(), G,
+                     d_kernel->typed_data());
+    ColumnSums(s.steps * s.batch, dxw->typed_data(), G, d_bias->typed_data());
+  }
+  return ffi::Error::Success();
+}
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(SeqjaxLstmForward, LstmForwardImpl,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::PRED>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Attr<int32_t>("reverse")
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>());
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(SeqjaxLstmBackward, LstmBackwardImpl,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::PRED>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Attr<int32_t>("reverse")
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>());

@@ -1,0 +1,229 @@
+"""The native CPU kernel of the LSTM recurrence (native_lstm.cc), built on first use.
+
+`SEQJAX_LSTM_KERNEL` chooses the path of `models.lstm_recurrence`: 'auto' (the default) runs
+the kernel where JAX computes float32 on one CPU device and the kernel builds, else the
+`nn.scan` path; 'native' insists on the kernel (an error where it cannot be built; on several
+devices each then runs it on the whole batch); 'scan' always scans; 'cudnn' takes
+seqjax/cudnn_lstm.py's path (auto's choice on GPU). The kernel uses every core the process may
+run on ($SEQJAX_LSTM_THREADS sets how many threads).
+
+The kernel is compiled with the machine's C++ compiler (`$CXX`, else `c++`) the first time a
+process needs it, into $XDG_CACHE_HOME/seqjax (~/.cache/seqjax), under a name that hashes the
+source, the compiler's version, the flags, jax's version and the CPU's features; later
+processes load that file. Building on first use rather than at install keeps the package pure
+Python (no build dependencies, no jax headers at install time), follows jax upgrades, and makes
+`-march=native` safe: a cache shared by different machines holds one build per CPU.
+"""
+
+import ctypes
+import functools
+import hashlib
+import os
+import pathlib
+import platform
+import subprocess
+import tempfile
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+
+from seqjax.errors import ConfigError, UserError
+
+Array = jax.Array
+
+KERNEL_ENV = "SEQJAX_LSTM_KERNEL"
+MODES = ("auto", "native", "scan", "cudnn")
+SOURCE = pathlib.Path(__file__).with_name("native_lstm.cc")
+FLAGS = ("-O3", "-march=native", "-std=c++17", "-ffp-contract=fast", "-fPIC", "-shared",
+         "-pthread", "-w")
+FORWARD, BACKWARD = "seqjax_lstm_forward", "seqjax_lstm_backward"
+
+
+def mode() -> str:
+  """$SEQJAX_LSTM_KERNEL, checked: 'auto', 'native' or 'scan'."""
+  value = os.environ.get(KERNEL_ENV, "auto") or "auto"
+  if value not in MODES:
+    raise ConfigError(f"{KERNEL_ENV}={value!r} is invalid: use one of "
+                      f"{', '.join(map(repr, MODES))} ('auto' = the fastest that applies).")
+  return value
+
+
+def _cache_dir() -> pathlib.Path:
+  root = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
+  return pathlib.Path(root) / "seqjax"
+
+
+def _cpu_features() -> str:
+  try:
+    with open("/proc/cpuinfo") as f:
+      return next((line for line in f if line.startswith(("flags", "Features"))), "")
+  except OSError:
+    return platform.processor()
+
+
+def _compiler() -> str:
+  return os.environ.get("CXX", "c++")
+
+
+def _build() -> pathlib.Path:
+  """The compiled kernel, from the cache or built now; raises RuntimeError saying why not."""
+  try:
+    version = subprocess.run([_compiler(), "--version"], capture_output=True, text=True,
+                             check=True).stdout
+  except (OSError, subprocess.CalledProcessError) as e:
+    raise RuntimeError(f"no C++ compiler ({_compiler()}: {e})") from e
+  key = hashlib.sha256("\0".join([SOURCE.read_text(), version, " ".join(FLAGS), jax.__version__,
+                                  platform.machine(), _cpu_features()]).encode()).hexdigest()
+  path = _cache_dir() / f"native_lstm-{key[:20]}.so"
+  if path.exists():
+    return path
+  path.parent.mkdir(parents=True, exist_ok=True)
+  # Built beside its final name, then renamed: concurrent processes never load a partial file.
+  fd, tmp = tempfile.mkstemp(suffix=".so", dir=path.parent)
+  os.close(fd)
+  try:
+    result = subprocess.run([_compiler(), *FLAGS, f"-I{jax.ffi.include_dir()}", "-o", tmp,
+                             str(SOURCE)], capture_output=True, text=True)
+    if result.returncode:
+      raise RuntimeError(f"{_compiler()} failed: {result.stderr.strip()[-2000:]}")
+    os.replace(tmp, path)
+  finally:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+  return path
+
+
+@functools.cache
+def _load() -> str | None:
+  """Builds, loads and registers the kernel once per process: None, or why it is unavailable."""
+  try:
+    library = ctypes.cdll.LoadLibrary(str(_build()))
+    for name, symbol in ((FORWARD, library.SeqjaxLstmForward),
+                         (BACKWARD, library.SeqjaxLstmBackward)):
+      jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(symbol), platform="cpu")
+  except (RuntimeError, OSError, AttributeError) as e:
+    return str(e)
+  return None
+
+
+@functools.cache
+def announce(message: str) -> None:
+  """Logs `message` (which path the LSTM takes) once per process."""
+  logging.info(message)
+
+
+def unavailable_reason() -> str | None:
+  """None if the kernel is built and registered in this process, else why it is not."""
+  return _load()
+
+
+def enabled(dtype) -> bool:
+  """Whether `lstm_recurrence` runs the kernel, for computation in `dtype`; decided at trace
+  time. Says once per process which path the LSTM takes."""
+  chosen = mode()
+  if chosen in ("scan", "cudnn"):  # cudnn_lstm handles 'cudnn'; what it cannot, scans.
+    announce(f"LSTM recurrence: the nn.scan path ({KERNEL_ENV}={chosen}).")
+    return False
+  if jnp.dtype(dtype) != jnp.float32 or jax.default_backend() != "cpu":
+    announce(f"LSTM recurrence: the nn.scan path (the native kernel is for float32 on CPU; "
+              f"this is {jnp.dtype(dtype).name} on {jax.default_backend()}).")
+    return False
+  if chosen == "auto" and jax.device_count() > 1:
+    # XLA cannot split a custom call over devices: each would run the whole batch.
+    announce("LSTM recurrence: the nn.scan path, which XLA splits over the "
+              f"{jax.device_count()} devices (the native kernel would run on each in full).")
+    return False
+  reason = _load()
+  if reason is not None:
+    if chosen == "native":
+      raise UserError(f"{KERNEL_ENV}=native, but the native LSTM kernel cannot be built: "
+                      f"{reason}. Install a C++17 compiler (or set $CXX), or use "
+                      f"{KERNEL_ENV}=scan.")
+    announce(f"LSTM recurrence: the nn.scan path; the native kernel is unavailable ({reason}).")
+    return False
+  announce("LSTM recurrence: the native CPU kernel.")
+  return True
+
+
+def _require() -> None:
+  reason = _load()
+  if reason is not None:
+    raise UserError(f"The native LSTM kernel is unavailable: {reason}.")
+
+
+def _optional(x: Array | None, dtype) -> Array:
+  return jnp.zeros((0,), dtype) if x is None else x
+
+
+def forward(xw: Array | None, recurrent_kernel: Array, mask: Array | None,
+            recurrent_mask: Array | None, reverse: bool, sequences: bool, residuals: bool,
+            projection: tuple[Array, Array, Array] | None = None
+            ) -> tuple[Array, Array, Array, Array]:
+  """The recurrence from a zero state: xw (T, B, 4H), recurrent_kernel (H, 4H) scaled by
+  `models.gate_scale`, mask (T, B) bool, recurrent_mask (B, H) ->
+
+  the final h (B, H); every step's h (T, B, H) if `sequences` or `residuals`; and with
+  `residuals` every c (T, B, H) and the gates' tanh (T, B, 4H); the arrays not asked for are
+  empty. With xw None, the kernel computes it step by step from `projection`: inputs
+  (T, B, E), kernel (E, 4H) and bias (4H,), scaled likewise (xw = inputs @ kernel + bias).
+  """
+  _require()
+  f32 = jnp.float32
+  empty = jnp.zeros((0,), f32)
+  inputs, kernel, bias = projection if xw is None else (empty, empty, empty)
+  steps, batch = (inputs if xw is None else xw).shape[:2]
+  units = recurrent_kernel.shape[0]
+  gates = 4 * units
+  shape = lambda *s: jax.ShapeDtypeStruct(s, f32)
+  outputs = (shape(batch, units),
+             shape(steps, batch, units) if sequences or residuals else shape(0),
+             shape(steps, batch, units) if residuals else shape(0),
+             shape(steps, batch, gates) if residuals else shape(0))
+  return jax.ffi.ffi_call(FORWARD, outputs, vmap_method="sequential")(
+      _optional(xw, f32), recurrent_kernel, _optional(mask, bool),
+      _optional(recurrent_mask, f32), inputs, kernel, bias, reverse=np.int32(reverse))
+
+
+def backward(gate_tanh: Array, cs: Array, hs: Array, recurrent_kernel: Array,
+             mask: Array | None, recurrent_mask: Array | None, grad: Array, reverse: bool,
+             sequences: bool, projection: tuple[Array, Array] | None = None
+             ) -> tuple[Array, Array, Array, Array, Array]:
+  """`forward`'s gradient: from its residuals and the gradient of its output, grad (B, H), or
+  (T, B, H) with `sequences` -> d xw (T, B, 4H) and d recurrent_kernel (H, 4H); then, given the
+  `projection`'s inputs (T, B, E) and kernel (E, 4H), d inputs, d kernel and d bias (4H,)
+  (else three empty arrays).
+  """
+  _require()
+  f32 = jnp.float32
+  empty = jnp.zeros((0,), f32)
+  inputs, kernel = projection or (empty, empty)
+  shape = lambda *s: jax.ShapeDtypeStruct(s, f32)
+  outputs = (shape(*gate_tanh.shape), shape(*recurrent_kernel.shape),
+             shape(*inputs.shape), shape(*kernel.shape),
+             shape(gate_tanh.shape[-1]) if projection else shape(0))
+  return jax.ffi.ffi_call(BACKWARD, outputs, vmap_method="sequential")(
+      gate_tanh, cs, hs, recurrent_kernel, _optional(mask, bool),
+      _optional(recurrent_mask, f32), empty if sequences else grad,
+      grad if sequences else empty, inputs, kernel, reverse=np.int32(reverse))
+
+
+def path_in_use() -> str:
+  """'native' or 'scan': the path a float32 LSTM takes in this process, read from the program
+  JAX compiles for it."""
+  from seqjax import models  # models imports this module.
+  run = lambda xw, rk: models.lstm_recurrence(xw, rk, None, None, False, False)  # Traced anew.
+  hlo = jax.jit(run).lower(jnp.zeros((2, 1, 4), jnp.float32),
+                           jnp.zeros((1, 4), jnp.float32)).as_text()
+  return "native" if FORWARD in hlo else "scan"
+
+
+if __name__ == "__main__":
+  # `python -m seqjax.native_lstm`: builds the kernel if need be, says which path the LSTM
+  # takes, and fails unless it is the native one (CI, on a machine with a C++ compiler).
+  import sys
+  used = path_in_use()
+  print(f"LSTM recurrence path: {used}"
+        + (f" ({unavailable_reason() or KERNEL_ENV + '=' + mode()})" if used == "scan" else ""))
+  sys.exit(used != "native")

@@ -1,0 +1,177 @@
+"""The native LSTM kernel computes what the nn.scan path computes, and is chosen as configured."""
+
+import itertools
+import os
+import shutil
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from conftest import PROJECT_ROOT
+from seqjax import models, native_lstm
+from seqjax.errors import ConfigError, UserError
+
+pytestmark = pytest.mark.skipif(
+    shutil.which(os.environ.get("CXX", "c++")) is None,
+    reason="no C++ compiler: the native LSTM kernel cannot be built (seqjax scans instead)")
+
+# (steps, batch, units): odd batches, units off the 8- and 16-float vector widths, one step.
+SHAPES = [(1, 3, 5), (9, 1, 4), (13, 5, 13), (17, 33, 37), (6, 64, 100)]
+FLAGS = list(itertools.product([False, True], repeat=4))  # masked, dropout, reverse, sequences
+
+
+def use(monkeypatch, path: str) -> None:
+  monkeypatch.setenv(native_lstm.KERNEL_ENV, path)
+
+
+def recurrence_inputs(steps, batch, units, masked, dropout, seed=0):
+  """Random xw, a recurrent kernel of an LSTM's scale, right padding to lengths 0..steps with a
+  hole in one row, and a recurrent dropout mask (rate 0.5)."""
+  rng = np.random.default_rng(seed)
+  xw = rng.normal(size=(steps, batch, 4 * units)).astype(np.float32)
+  recurrent_kernel = (rng.normal(size=(units, 4 * units)) / np.sqrt(units)).astype(np.float32)
+  mask = None
+  if masked:
+    lengths = rng.integers(0, steps + 1, batch)
+    lengths[0] = steps  # One full row; the others anything, empty ones included.
+    mask = np.arange(steps)[:, None] < lengths[None, :]
+    if steps > 2:
+      mask[steps // 2, 0] = False  # Padding inside a sequence, too.
+  recurrent_mask = (rng.choice([0.0, 2.0], size=(batch, units)).astype(np.float32)
+                    if dropout else None)
+  return xw, recurrent_kernel, mask, recurrent_mask
+
+
+def outputs_and_gradients(monkeypatch, path, xw, recurrent_kernel, mask, recurrent_mask,
+                          reverse, sequences):
+  """lstm_recurrence's output and the gradients of a random projection of it to xw and the
+  recurrent kernel, on `path`."""
+  use(monkeypatch, path)
+
+  def run(xw, recurrent_kernel):
+    return models.lstm_recurrence(xw, recurrent_kernel, mask, recurrent_mask, reverse, sequences)
+
+  out = run(xw, recurrent_kernel)
+  weights = np.random.default_rng(1).normal(size=out.shape).astype(np.float32)
+  grads = jax.grad(lambda *a: jnp.sum(run(*a) * weights), argnums=(0, 1))(xw, recurrent_kernel)
+  return [np.asarray(out), *map(np.asarray, grads)]
+
+
+@pytest.mark.parametrize("shape, flags",
+                         [(SHAPES[i % len(SHAPES)], f) for i, f in enumerate(FLAGS)]
+                         + [(SHAPES[0], (True, True, True, True)),
+                            (SHAPES[-1], (True, True, False, False))])
+def test_kernel_equals_the_scan_outputs_and_gradients(monkeypatch, shape, flags):
+  masked, dropout, reverse, sequences = flags
+  inputs = recurrence_inputs(*shape, masked, dropout)
+  native = outputs_and_gradients(monkeypatch, "native", *inputs, reverse, sequences)
+  scan = outputs_and_gradients(monkeypatch, "scan", *inputs, reverse, sequences)
+  for got, want in zip(native, scan, strict=True):
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+  if shape[0] > 1:
+    assert np.abs(scan[2]).max() > 0.1  # The recurrent kernel's gradient is not trivially 0.
+
+
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_lstm_module_gradients_equal_the_scan_path(monkeypatch, bidirectional):
+  """Through models.LSTM / Bidirectional with padding and both dropouts: the gradients to the
+  kernel, recurrent kernel, bias and inputs."""
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(7, 11, 6)).astype(np.float32)
+  mask = np.arange(11)[None, :] < np.array([11, 3, 8, 1, 11, 5, 9])[:, None]
+  layer = (models.Bidirectional if bidirectional else models.LSTM)(
+      units=9, dropout=0.2, recurrent_dropout=0.3, return_sequences=bidirectional)
+  params = layer.init(jax.random.PRNGKey(0), x, mask, train=False)["params"]
+  weights = rng.normal(size=layer.apply({"params": params}, x, mask, train=False).shape)
+
+  def gradients(path):
+    use(monkeypatch, path)
+
+    def loss(params, x):
+      out = layer.apply({"params": params}, x, mask, train=True,
+                        rngs={"dropout": jax.random.PRNGKey(3)})
+      return jnp.sum(out * weights)
+
+    return jax.grad(loss, argnums=(0, 1))(params, x)
+
+  native, scan = gradients("native"), gradients("scan")
+  leaves = jax.tree_util.tree_leaves_with_path(scan)
+  assert len(leaves) == (7 if bidirectional else 4)
+  for (path, want), got in zip(leaves, jax.tree_util.tree_leaves(native), strict=True):
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5, err_msg=str(path))
+
+
+def test_kernel_is_bitwise_deterministic(monkeypatch):
+  inputs = recurrence_inputs(40, 37, 21, masked=True, dropout=True)
+  first = outputs_and_gradients(monkeypatch, "native", *inputs, True, True)
+  second = outputs_and_gradients(monkeypatch, "native", *inputs, True, True)
+  for a, b in zip(first, second, strict=True):
+    np.testing.assert_array_equal(a, b)
+
+
+THREADS_SCRIPT = """
+import sys, numpy as np, jax, jax.numpy as jnp
+from seqjax import models
+rng = np.random.default_rng(0)
+xw = rng.normal(size=(30, 45, 4 * 20)).astype(np.float32)
+rk = (rng.normal(size=(20, 80)) / 5).astype(np.float32)
+run = lambda xw, rk: jnp.sum(models.lstm_recurrence(xw, rk, None, None, False, True) ** 2)
+out = [run(xw, rk), *jax.grad(run, argnums=(0, 1))(xw, rk)]
+np.savez(sys.argv[1], *map(np.asarray, out))
+"""
+
+
+def test_results_do_not_depend_on_the_thread_count(tmp_path):
+  """Each batch row's sums run in one fixed order, whichever thread takes the row."""
+  results = []
+  for threads in (1, 4):
+    path = tmp_path / f"{threads}.npz"
+    env = {**os.environ, "SEQJAX_LSTM_THREADS": str(threads), native_lstm.KERNEL_ENV: "native",
+           "PYTHONPATH": str(PROJECT_ROOT)}
+    subprocess.run([sys.executable, "-c", THREADS_SCRIPT, str(path)], env=env, check=True)
+    results.append(np.load(path))
+  for key in results[0]:
+    np.testing.assert_array_equal(results[0][key], results[1][key])
+
+
+def test_auto_uses_the_kernel_on_cpu_in_float32_only(monkeypatch):
+  use(monkeypatch, "auto")
+  assert native_lstm.path_in_use() == "native"
+  assert native_lstm.enabled(jnp.float32)
+  assert not native_lstm.enabled(jnp.bfloat16)
+  use(monkeypatch, "scan")
+  assert native_lstm.path_in_use() == "scan"
+
+
+def test_unbuildable_kernel_falls_back_under_auto_and_is_an_error_under_native(monkeypatch,
+                                                                               tmp_path):
+  monkeypatch.setenv("CXX", str(tmp_path / "no-such-compiler"))
+  with pytest.raises(RuntimeError, match="no C.. compiler"):
+    native_lstm._build()
+  monkeypatch.setattr(native_lstm, "_load", lambda: "no C++ compiler (c++: not found)")
+  use(monkeypatch, "auto")
+  assert not native_lstm.enabled(jnp.float32)
+  use(monkeypatch, "native")
+  with pytest.raises(UserError, match="cannot be built: no C.. compiler.*SEQJAX_LSTM_KERNEL=scan"):
+    native_lstm.enabled(jnp.float32)
+
+
+def test_bad_kernel_choice_is_a_config_error(monkeypatch):
+  use(monkeypatch, "fast")
+  with pytest.raises(ConfigError, match="SEQJAX_LSTM_KERNEL='fast' is invalid.*'scan'"):
+    native_lstm.enabled(jnp.float32)
+
+
+def test_model_and_resume_tests_pass_on_the_scan_path_too():
+  """The rest of the suite runs on the kernel (the default here); these run on the scan."""
+  env = {**os.environ, native_lstm.KERNEL_ENV: "scan"}
+  tests = ["tests/test_models.py",
+           "tests/test_train.py::test_rerun_resumes_and_extends_to_the_same_result",
+           "tests/test_robustness.py::test_sigkill_then_restart_gives_bitwise_identical_parameters"]
+  result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                           *tests], cwd=PROJECT_ROOT, env=env, capture_output=True, text=True)
+  assert result.returncode == 0, result.stdout[-3000:]
