@@ -29,10 +29,9 @@ import statistics
 
 from absl import app, flags
 
-from common import RESULTS, ROOT, launch, machine
+from common import KERAS_REFERENCE, RESULTS, ROOT, launch, machine, mean_std, per_epoch
 from seqjax import config as config_lib
 
-KERAS_REFERENCE = ROOT.parent / "shared" / "reference" / "keras_tutorial.md"
 TUTORIAL_MODELS = ["lstm", "lstm_dropout", "lstm_recurrent_dropout", "bilstm", "cnn_lstm"]
 # The tutorial's printed accuracies. Its code evaluated the first model again after training
 # models 2-4, so it gives no figure of their own.
@@ -79,16 +78,6 @@ def keras_reference() -> dict[str, float]:
     if match:
       found[match.group(1)] = float(match.group(2))
   return found
-
-
-def mean_std(values: list[float], digits: int = 2) -> str:
-  if len(values) < 2:
-    return f"{values[0]:.{digits}f}" if values else "—"
-  return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
-
-
-def per_epoch(epochs: list[dict], key: str, scale: float = 1.0, digits: int = 0) -> str:
-  return " / ".join(f"{scale * e[key]:.{digits}f}" for e in epochs)
 
 
 def summary_rows(records: dict[str, dict[int, dict]]) -> list[str]:

@@ -69,3 +69,20 @@ def keras_weights(params: Any) -> list[np.ndarray]:
 def copy_weights(params: Any, model: Any) -> None:
   """Sets the Keras twin's weights to seqjax's `params`."""
   model.set_weights(keras_weights(params))
+
+
+def compiled_twin(config: ml_collections.ConfigDict, params: Any) -> Any:
+  """The Keras twin with seqjax's `params`, compiled as the tutorial: Keras' Adam with the
+  config's learning rate and epsilon, binary cross-entropy."""
+  import keras
+  model = keras_model(config)
+  copy_weights(params, model)
+  model.compile(optimizer=keras.optimizers.Adam(config.learning_rate, epsilon=config.adam_epsilon),
+                loss="binary_crossentropy")
+  return model
+
+
+def weight_differences(params: Any, model: Any) -> list[float]:
+  """Max |seqjax - Keras| of each weight, in Keras' order (the embedding first)."""
+  return [float(np.max(np.abs(w - v)))
+          for w, v in zip(keras_weights(params), model.get_weights(), strict=True)]

@@ -39,24 +39,10 @@ def batches(seed: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def twins(config, seed: int = 0):
-  """A seqjax train state and its Keras twin with the same weights, compiled with Keras'
-  Adam and binary cross-entropy."""
-  import keras
+  """A seqjax train state and its compiled Keras twin with the same weights."""
   state = train.create_train_state(config, models.create_model(config),
                                    jax.random.PRNGKey(seed))
-  model = keras_reference.keras_model(config)
-  keras_reference.copy_weights(state.params, model)
-  model.compile(optimizer=keras.optimizers.Adam(config.learning_rate,
-                                                epsilon=config.adam_epsilon),
-                loss="binary_crossentropy")
-  return state, model
-
-
-def weight_differences(state, model) -> list[float]:
-  """Max |seqjax - Keras| of each weight, in Keras' order (the embedding first)."""
-  return [float(np.max(np.abs(np.asarray(w) - v)))
-          for w, v in zip(keras_reference.keras_weights(state.params), model.get_weights(),
-                          strict=True)]
+  return state, keras_reference.compiled_twin(config, state.params)
 
 
 @pytest.mark.parametrize("name", TUTORIAL_MODELS)
@@ -83,7 +69,7 @@ def train_both(config, steps: int = STEPS) -> tuple[list[float], list[float], li
                                       embedding_squares=config.keras3_embedding_squares)
     ours.append(float(metrics.compute()["loss"]))
     theirs.append(float(model.train_on_batch(inputs[step], labels[step])))
-    differences.append(weight_differences(state, model))
+    differences.append(keras_reference.weight_differences(state.params, model))
   return ours, theirs, differences
 
 

@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import load_config
+from conftest import load_config, tiny_overrides
 from seqjax import config as config_lib
 from seqjax import optimizers, train
 from seqjax.errors import ConfigError
@@ -99,3 +99,15 @@ def test_bad_optimizer_keys_are_named(changes, message):
   config.update(changes)
   with pytest.raises(ConfigError, match=message):
     config_lib.validate(config)
+
+
+def test_a_run_with_keras3_embedding_squares_trains_and_differs_from_summed_squares(
+    tiny_data_dir, tmp_path):
+  results = {}
+  for squares in (False, True):
+    config = load_config("lstm")
+    config.update(tiny_overrides(tiny_data_dir, tmp_path / "cache"), num_epochs=1,
+                  log_every_steps=1000, keras3_embedding_squares=squares)
+    results[squares] = train.train_and_evaluate(config, str(tmp_path / str(squares)))
+  assert np.isfinite(results[True]["test_loss"])
+  assert results[True]["epochs"][0]["train_loss"] != results[False]["epochs"][0]["train_loss"]
