@@ -4,10 +4,12 @@ Adam, and Keras 3 itself. Does the epoch-3 fall follow the optimizer, the framew
   python experiments/optimizer_study.py
 
 Reads the run records only (nothing is trained here): seqjax with optax's Adam from the
-`tutorial` study (runs/<model>/), seqjax with Keras' Adam from the `tutorial_keras_adam` study
-(runs/<model>_keras_adam/, trained by `experiments/tutorial.py --study=tutorial_keras_adam`),
-Keras 3 from runs/keras3/<model>/ (`experiments/keras_tutorial.py`) or, for the runs made
-before it, ../shared/reference/keras_tutorial.md. Writes experiments/results/keras_adam.md.
+`tutorial` study (runs/<model>/, trained with optax's epsilon 1e-8, before `adam_epsilon`)
+and with epsilon 1e-7 where rerun so (runs/<model>_adam_epsilon_1e-7/); seqjax with Keras'
+Adam from the `tutorial_keras_adam` study (runs/<model>_keras_adam/, trained by
+`experiments/tutorial.py --study=tutorial_keras_adam`); Keras 3 from runs/keras3/<model>/
+(`experiments/keras_tutorial.py`) or, for the runs made before it,
+../shared/reference/keras_tutorial.md. Writes experiments/results/keras_adam.md.
 """
 
 import json
@@ -23,8 +25,9 @@ flags.DEFINE_list("seeds", ["7", "8", "9"], "Seeds.")
 
 # A fall: test accuracy down by at least this many points from the epoch before.
 FALL_POINTS = 3.0
-COLUMNS = {"optax": "seqjax, optax's Adam", "keras_adam": "seqjax, Keras' Adam",
-           "keras3": "Keras 3"}
+COLUMNS = {"optax": "seqjax, optax's Adam (epsilon 1e-8)",
+           "optax_1e-7": "seqjax, optax's Adam, epsilon 1e-7",
+           "keras_adam": "seqjax, Keras' Adam (epsilon 1e-7)", "keras3": "Keras 3"}
 
 
 Curve = tuple[list[float], float, str]  # Test accuracy % per epoch, final %, its source.
@@ -54,7 +57,9 @@ def curves(model: str, seed: int) -> dict[str, Curve]:
   """Each column's run of `model` with `seed`, where there is one."""
   found = {}
   runs = RESULTS / "runs"
-  for column, folder in (("optax", runs / model), ("keras_adam", runs / f"{model}_keras_adam"),
+  for column, folder in (("optax", runs / model),
+                         ("optax_1e-7", runs / f"{model}_adam_epsilon_1e-7"),
+                         ("keras_adam", runs / f"{model}_keras_adam"),
                          ("keras3", runs / "keras3" / model)):
     path = folder / f"seed_{seed}.json"
     if path.exists():
@@ -98,7 +103,8 @@ def main(argv):
         sources.add(source)
     summary_rows.append(
         f"| {model} | " + " | ".join(
-            f"{mean_std(finals[c])} ({len(finals[c])} runs, {fell[c]} with a fall)"
+            f"{mean_std(finals[c])} ({len(finals[c])} run{'s' * (len(finals[c]) > 1)}, "
+            f"{fell[c]} with a fall)"
             if finals[c] else "not run" for c in COLUMNS) + " |")
   text = "\n".join([
       "# Optax's Adam, Keras' Adam, Keras 3: the recurrent-dropout models over seeds "
