@@ -41,6 +41,7 @@ def train(model_name: str, seed: int) -> dict:
   import keras
   import tensorflow as tf
 
+  commit = git_commit()  # Now, before the code can change under a long run.
   config = config_lib.from_file(ROOT / "configs" / f"{model_name}.py")
   config.update(max_train_examples=FLAGS.max_examples, max_eval_examples=FLAGS.max_examples)
   data = input_pipeline.load_data(config)
@@ -74,7 +75,7 @@ def train(model_name: str, seed: int) -> dict:
   return {"framework": f"keras {keras.__version__} (tensorflow {tf.__version__})",
           "config_name": config.name, "seed": seed, "num_params": model.count_params(),
           "test_accuracy": accuracy, "test_loss": loss, "epochs": epochs,
-          "threads": FLAGS.threads, "machine": machine(), "seqjax_commit": git_commit()}
+          "threads": FLAGS.threads, "machine": machine(), "seqjax_commit": commit}
 
 
 def main(argv):
