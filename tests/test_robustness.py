@@ -17,7 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import seqjax
-from conftest import PROJECT_ROOT, tiny_overrides
+from conftest import PROJECT_ROOT, load_config, tiny_overrides
 from seqjax import checkpoints as ckpt
 from seqjax import config as config_lib
 from seqjax import tokenizer, train
@@ -118,7 +118,8 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tiny_data_dir, tmp_path, u
 
 
 def tiny_config(tiny_data_dir, tmp_path, **extra):
-  config = config_lib.base_config()
+  """What `command` runs (configs/lstm.py and `overrides`), in this process."""
+  config = load_config("lstm")
   config.update(overrides(tiny_data_dir, tmp_path, **{"log_every_steps": 1000, **extra}))
   return config
 
