@@ -30,7 +30,8 @@ import subprocess
 import sys
 import time
 
-from seqjax import malloc
+from seqjax import config as config_lib
+from seqjax import keras_reference, malloc
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 MODELS = ["lstm", "lstm_dropout", "lstm_recurrent_dropout", "bilstm", "cnn_lstm"]
@@ -78,7 +79,6 @@ def measure_seqjax(model_name: str, steps: int) -> dict:
   import jax
   import numpy as np
 
-  from seqjax import config as config_lib
   from seqjax import models, native_lstm, parallel, train
   config = config_lib.from_file(ROOT / "configs" / f"{model_name}.py")
   inputs, labels, infer = _batches()
@@ -113,7 +113,6 @@ def compile_bucket_widths(model_name: str) -> dict:
   import jax
   import numpy as np
 
-  from seqjax import config as config_lib
   from seqjax import models, train
   config = config_lib.from_file(ROOT / "configs" / f"{model_name}_bucketed.py")
   model = models.create_model(config)
@@ -185,30 +184,13 @@ def measure_flax_reference(model_name: str, steps: int) -> dict:
           "infer": _timed(lambda: np.asarray(predict(holder["state"][0], infer)), steps)}
 
 
-def _keras_model(model_name: str):
-  import keras
-  from keras import layers
-  stack = [keras.Input((LENGTH,), dtype="int32"), layers.Embedding(VOCAB, 32)]
-  if model_name == "lstm_dropout":
-    stack += [layers.Dropout(0.2), layers.LSTM(100), layers.Dropout(0.2)]
-  elif model_name == "lstm_recurrent_dropout":
-    stack += [layers.LSTM(100, dropout=0.2, recurrent_dropout=0.2)]
-  elif model_name == "bilstm":
-    stack += [layers.Bidirectional(layers.LSTM(100, dropout=0.2, recurrent_dropout=0.2))]
-  elif model_name == "cnn_lstm":
-    stack += [layers.Conv1D(32, 3, padding="same", activation="relu"), layers.MaxPooling1D(2),
-              layers.LSTM(100)]
-  else:
-    stack += [layers.LSTM(100)]
-  return keras.Sequential(stack + [layers.Dense(1, activation="sigmoid")])
-
-
 def measure_keras(model_name: str, steps: int, xla: bool) -> dict:
   os.environ["KERAS_BACKEND"] = "tensorflow"
   import tensorflow as tf
   tf.config.threading.set_intra_op_parallelism_threads(os.cpu_count())
   tf.config.threading.set_inter_op_parallelism_threads(os.cpu_count())
-  model = _keras_model(model_name)
+  model = keras_reference.keras_model(
+      config_lib.from_file(ROOT / "configs" / f"{model_name}.py"))
   model.compile(optimizer="adam", loss="binary_crossentropy", jit_compile=xla)
   inputs, labels, infer = _batches()
   return {"train": _timed(lambda: model.train_on_batch(inputs, labels), steps),

@@ -4,6 +4,7 @@ import json
 import os
 import pathlib
 import platform
+import statistics
 import subprocess
 import sys
 
@@ -12,6 +13,8 @@ from seqjax import workdir as workdir_lib
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "experiments" / "results"
+# Keras 3 run on the same data, on a machine like ours (made outside this repository).
+KERAS_REFERENCE = ROOT.parent / "shared" / "reference" / "keras_tutorial.md"
 
 
 def cpu_name() -> str:
@@ -62,3 +65,13 @@ def launch(config_file: pathlib.Path, workdir: pathlib.Path, overrides: dict) ->
                 {"seqjax_commit": "not recorded (trained before the experiment scripts noted "
                                   "commits)"})
   return record
+
+
+def mean_std(values: list[float], digits: int = 2) -> str:
+  if len(values) < 2:
+    return f"{values[0]:.{digits}f}" if values else "—"
+  return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
+
+
+def per_epoch(epochs: list[dict], key: str, scale: float = 1.0, digits: int = 0) -> str:
+  return " / ".join(f"{scale * e[key]:.{digits}f}" for e in epochs)

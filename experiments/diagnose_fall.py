@@ -94,7 +94,8 @@ def replay_last_epoch(config, data, checkpoints, target, steps: list[int], probe
   @jax.jit
   def step_and_update_norm(state, batch):
     new, metrics = train._train_step(state, batch, dropout_rng,
-                                     adversarial_epsilon=config.adversarial_epsilon)
+                                     adversarial_epsilon=config.adversarial_epsilon,
+                                     embedding_squares=config.keras3_embedding_squares)
     delta = jax.tree_util.tree_map(lambda a, b: a - b, new.params, state.params)
     return new, metrics.compute()["loss"], optax.global_norm(delta)
 

@@ -1,14 +1,22 @@
 """Trains the tutorial's models on IMDB over several seeds; tabulates and plots the results.
 
-  TFDS_DATA_DIR=../shared/data/tfds python experiments/tutorial.py --seeds=7,8,9
-  TFDS_DATA_DIR=../shared/data/tfds python experiments/tutorial.py --study=tutorial_bucketed \
-      --models=lstm_bucketed,lstm_dropout_bucketed,lstm_recurrent_dropout_bucketed,\
-bilstm_bucketed,cnn_lstm_bucketed --seeds=7,8,9
+  TFDS_DATA_DIR=../shared/data/tfds python experiments/tutorial.py --optimizer=adam \
+      --seeds=7,8,9
+  TFDS_DATA_DIR=../shared/data/tfds python experiments/tutorial.py --optimizer=adam \
+      --study=tutorial_bucketed --models=lstm_bucketed,lstm_dropout_bucketed,\
+lstm_recurrent_dropout_bucketed,bilstm_bucketed,cnn_lstm_bucketed --seeds=7,8,9
+  TFDS_DATA_DIR=../shared/data/tfds python experiments/tutorial.py --study=tutorial_keras_adam \
+      --models=bilstm,lstm_recurrent_dropout --seeds=7,8,9
 
-Each run is `python -m seqjax.main` in a fresh process, in <workdir_root>/<model>/seed_<seed>. A
-finished run is not trained again (an interrupted one resumes). Each run's results.json is
-copied to experiments/results/runs/<model>/seed_<seed>.json, with the commit that trained it,
-and everything else is built from those copies: experiments/results/<study>.md (per-seed rows
+The `tutorial` and `tutorial_bucketed` studies were trained with optax's Adam (--optimizer=adam),
+before the tutorial configs took Keras' Adam (`config_lib.tutorial_config`).
+
+Each run is `python -m seqjax.main` in a fresh process with config.optimizer=<optimizer>, in
+<workdir_root>/<folder>/seed_<seed>, where <folder> is the model, with _<optimizer> appended
+unless the optimizer is optax's 'adam'. A finished run is not trained again (an interrupted one
+resumes). Each run's results.json is copied to
+experiments/results/runs/<folder>/seed_<seed>.json, with the commit that trained it, and
+everything else is built from those copies: experiments/results/<study>.md (per-seed rows
 and a mean ± std summary beside Keras 3 on the same data and the tutorial's own figures) and
 experiments/results/plots/<study>_<model>.png (learning curves, seeds overlaid).
 `--skip_training` rebuilds the table and plots from the copies alone.
@@ -21,29 +29,41 @@ import statistics
 
 from absl import app, flags
 
-from common import RESULTS, ROOT, launch, machine
+from common import KERAS_REFERENCE, RESULTS, ROOT, launch, machine, mean_std, per_epoch
+from seqjax import config as config_lib
 
-KERAS_REFERENCE = ROOT.parent / "shared" / "reference" / "keras_tutorial.md"
 TUTORIAL_MODELS = ["lstm", "lstm_dropout", "lstm_recurrent_dropout", "bilstm", "cnn_lstm"]
 # The tutorial's printed accuracies. Its code evaluated the first model again after training
 # models 2-4, so it gives no figure of their own.
 TUTORIAL_FIGURES = {"lstm": 87.37, "cnn_lstm": 86.20}
 
+OPTIMIZER_NAMES = {"adam": "optax's Adam (epsilon added to the bias-corrected sqrt(v))",
+                   "keras_adam": "Keras' Adam (epsilon added to sqrt(v))"}
+
 FLAGS = flags.FLAGS
 flags.DEFINE_string("study", "tutorial", "Name of the table and plots under experiments/results.")
 flags.DEFINE_list("models", TUTORIAL_MODELS, "Configs (names in configs/) to run.")
 flags.DEFINE_list("seeds", ["7", "8", "9"], "Seeds to run each model with.")
+flags.DEFINE_enum("optimizer", "keras_adam", config_lib.OPTIMIZERS,
+                  "config.optimizer of every run; the `tutorial` and `tutorial_bucketed` "
+                  "studies used 'adam' (optax's).")
 flags.DEFINE_string("workdir_root", "runs/tutorial", "Folder for the runs' workdirs.")
 flags.DEFINE_bool("skip_training", False, "Only rebuild the table and plots from the copies.")
 
 
+def run_folder(model: str) -> str:
+  """Where `model`'s runs with FLAGS.optimizer go: optax's Adam's under the model's name."""
+  return model if FLAGS.optimizer == "adam" else f"{model}_{FLAGS.optimizer}"
+
+
 def run_record(model: str, seed: int) -> pathlib.Path:
-  return RESULTS / "runs" / model / f"seed_{seed}.json"
+  return RESULTS / "runs" / run_folder(model) / f"seed_{seed}.json"
 
 
 def train(model: str, seed: int, workdir: pathlib.Path) -> None:
   """Trains (or resumes) one run and copies its record into experiments/results/runs."""
-  record = launch(ROOT / "configs" / f"{model}.py", workdir, {"seed": seed})
+  record = launch(ROOT / "configs" / f"{model}.py", workdir,
+                  {"seed": seed, "optimizer": FLAGS.optimizer})
   run_record(model, seed).parent.mkdir(parents=True, exist_ok=True)
   run_record(model, seed).write_text(json.dumps(record, indent=2) + "\n")
 
@@ -58,16 +78,6 @@ def keras_reference() -> dict[str, float]:
     if match:
       found[match.group(1)] = float(match.group(2))
   return found
-
-
-def mean_std(values: list[float], digits: int = 2) -> str:
-  if len(values) < 2:
-    return f"{values[0]:.{digits}f}" if values else "—"
-  return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
-
-
-def per_epoch(epochs: list[dict], key: str, scale: float = 1.0, digits: int = 0) -> str:
-  return " / ".join(f"{scale * e[key]:.{digits}f}" for e in epochs)
 
 
 def summary_rows(records: dict[str, dict[int, dict]]) -> list[str]:
@@ -144,10 +154,11 @@ def write_table(records: dict[str, dict[int, dict]], models: list[str], seeds: l
       f"# {FLAGS.study}: {', '.join(models)}; seeds {', '.join(seeds)}",
       "",
       f"Machine: {'; '.join(machines)}. Built by `python experiments/tutorial.py "
-      f"--study={FLAGS.study} --models={','.join(models)} --seeds={','.join(seeds)}` from the "
-      "run records in runs/. Test accuracy is the trained model's after its last epoch; nothing "
-      "was chosen on the test split. Times are wall-clock seconds per epoch and depend on what "
-      "else the machine was running at the time (see tutorial_notes.md).",
+      f"--optimizer={FLAGS.optimizer} --study={FLAGS.study} --models={','.join(models)} "
+      f"--seeds={','.join(seeds)}` from the run records in runs/, trained with "
+      f"{OPTIMIZER_NAMES[FLAGS.optimizer]}. Test accuracy is the trained model's after its last "
+      "epoch; nothing was chosen on the test split. Times are wall-clock seconds per epoch and "
+      "depend on what else the machine was running at the time (see tutorial_notes.md).",
       "",
       "| model | params | seeds | test accuracy % (mean ± std) | min–max | test loss "
       "| train s/epoch | eval s/epoch (25k) | Keras 3, same data, seed 7 | tutorial's figure |",
@@ -199,7 +210,8 @@ def main(argv):
   if not FLAGS.skip_training:
     for model in FLAGS.models:
       for seed in map(int, FLAGS.seeds):
-        train(model, seed, pathlib.Path(FLAGS.workdir_root).resolve() / model / f"seed_{seed}")
+        train(model, seed,
+              pathlib.Path(FLAGS.workdir_root).resolve() / run_folder(model) / f"seed_{seed}")
   records = load_records(FLAGS.models, FLAGS.seeds)
   print(write_table(records, FLAGS.models, FLAGS.seeds))
   for model, by_seed in records.items():

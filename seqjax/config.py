@@ -17,6 +17,7 @@ PAD_SIDES = ("pre", "post")
 POOLINGS = ("last", "max", "mean", "max_mean")
 NGRAM_BAGS = ("embedding", "naive_bayes")
 TEST_EVALUATIONS = ("every_epoch", "best_epoch", "never")
+OPTIMIZERS = ("adam", "keras_adam")
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -94,7 +95,15 @@ def base_config() -> ml_collections.ConfigDict:
 
   # Training.
   config.learning_rate = 1e-3
+  # 'adam': optax's Adam, epsilon added to the bias-corrected sqrt(v / (1 - b2^t)).
+  # 'keras_adam': Keras' Adam (optimizers.keras_adam), epsilon added to sqrt(v), so in effect
+  # eps / sqrt(1 - b2^t): larger early in training. The tutorial configs use Keras'.
+  config.optimizer = "adam"
   config.adam_epsilon = 1e-7  # Keras' Adam default (optax's is 1e-8).
+  # With 'keras_adam': the embedding's second moment grows by the sum of the squared gradients
+  # of each occurrence of a word in the batch, not by the square of their sum. This
+  # reproduces Keras 3's quirk with TensorFlow (optimizers.embedding_squares), not Keras 2's.
+  config.keras3_embedding_squares = False
   # 'constant' (the tutorial) or 'cosine': decays to 0 over num_epochs.
   config.learning_rate_schedule = "constant"
   config.gradient_clip_norm = 0.0  # Clip the gradients' global norm to this; 0 = no clipping.
@@ -116,6 +125,23 @@ def base_config() -> ml_collections.ConfigDict:
   config.log_every_steps = 50
   config.checkpoint_every_steps = 0  # 0 = at the end of each epoch only.
   config.keep_checkpoints = 3
+  return config
+
+
+def tutorial_config() -> ml_collections.ConfigDict:
+  """The tutorial's plain LSTM trained as the tutorial's Keras trained it: `base_config()`
+  with Keras' Adam (optimizer='keras_adam'), the start of the five tutorial configs.
+
+  The tutorial (2016) ran Keras 1/2, whose Adam added epsilon to sqrt(v), as Keras 3's does.
+  Its embedding's second moment grew by the square of the summed gradient, as Adam's does
+  (keras3_embedding_squares=False): Keras 2's `(1. - beta_1) * g` turned a TensorFlow
+  `IndexedSlices` gradient into a dense tensor, duplicates summed, before `K.square`, and
+  Theano's gradient of an embedding lookup was dense. Keras 3's per-occurrence squares came
+  later and are no part of the tutorial. The base default stays optax's Adam, what every run
+  written before this key existed was trained with.
+  """
+  config = base_config()
+  config.optimizer = "keras_adam"
   return config
 
 
@@ -187,6 +213,19 @@ def validate(config: ml_collections.ConfigDict) -> None:
          "use 'float32' or 'bfloat16'")
   _check(config.learning_rate > 0, "learning_rate", config.learning_rate, "use a value > 0")
   _check(config.adam_epsilon > 0, "adam_epsilon", config.adam_epsilon, "use a value > 0")
+  _check(config.optimizer in OPTIMIZERS, "optimizer", config.optimizer,
+         f"use one of {', '.join(map(repr, OPTIMIZERS))}")
+  _check(config.optimizer == "adam" or not config.weight_decay, "weight_decay",
+         config.weight_decay, "weight decay needs optimizer='adam' (optax's AdamW); use 0")
+  if config.keras3_embedding_squares:
+    _check(config.optimizer == "keras_adam", "keras3_embedding_squares",
+           config.keras3_embedding_squares, "it is a quirk of Keras' Adam; set "
+           "optimizer='keras_adam', or use False")
+    for key in ("adversarial_epsilon", "gradient_clip_norm", "ngram_order"):
+      _check(not config[key], "keras3_embedding_squares", config.keras3_embedding_squares,
+             f"it is not implemented with {key}={config[key]!r}; use False, or {key}=0")
+    _check(config.lstm_units > 0, "keras3_embedding_squares", config.keras3_embedding_squares,
+           "lstm_units=0 has no word embedding; use False")
   _check(config.learning_rate_schedule in ("constant", "cosine"), "learning_rate_schedule",
          config.learning_rate_schedule, "use 'constant' or 'cosine'")
   _check(config.weight_decay >= 0, "weight_decay", config.weight_decay,

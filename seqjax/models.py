@@ -531,7 +531,9 @@ class Classifier(nn.Module):
     mask = tokens != PAD_ID if self.mask_padding else None
     words = self.embedding_words or self.vocab_size
     x = nn.Embed(words, self.embedding_dim, embedding_init=keras_embedding_init,
-                 dtype=self.dtype, name="embedding")(jnp.where(tokens < words, tokens, OOV_ID))
+                 dtype=self.dtype, name="embedding")(embedding_ids(tokens, words))
+    if train:  # A no-op unless the caller passes the probe; its gradient is then x's.
+      x = self.perturb(EMBEDDED, x, collection=PROBES)
     if self.word_dropout:  # One draw per word, shared by its embedding's features.
       x = nn.Dropout(self.word_dropout, broadcast_dims=(2,), deterministic=not train,
                      name="word_dropout")(x)
@@ -581,6 +583,17 @@ def create_model(config: ml_collections.ConfigDict) -> Classifier:
       mask_padding=config.mask_padding,
       dtype=jnp.dtype(config.compute_dtype),
   )
+
+
+# Where `Classifier` lets a zero (B, T, embedding_dim) probe be added to the looked-up word
+# vectors, to take the loss's gradient with respect to each occurrence of a word.
+PROBES = "probes"
+EMBEDDED = "embedded"
+
+
+def embedding_ids(tokens: Array, rows: int) -> Array:
+  """The embedding rows (B, T) that token ids (B, T) read: ids >= rows read out-of-vocabulary."""
+  return jnp.where(tokens < rows, tokens, OOV_ID)
 
 
 def embedding_table(params: Any) -> Array:

@@ -20,7 +20,7 @@ from flax.training import train_state
 
 from seqjax import checkpoints as ckpt
 from seqjax import config as config_lib
-from seqjax import input_pipeline, malloc, models, parallel, preemption, progress
+from seqjax import input_pipeline, malloc, models, optimizers, parallel, preemption, progress
 from seqjax import workdir as workdir_lib
 from seqjax.errors import UserError
 
@@ -58,13 +58,15 @@ def batch_metrics(logits: jax.Array, labels: jax.Array, mask: jax.Array) -> Metr
 
 def create_optimizer(config: ml_collections.ConfigDict,
                      steps_per_epoch: int = 1) -> optax.GradientTransformation:
-  """Adam (AdamW with weight decay), with the config's learning-rate schedule and gradient
-  clipping."""
+  """Adam (AdamW with weight decay) or Keras' Adam (`config.optimizer`), with the config's
+  learning-rate schedule and gradient clipping."""
   learning_rate = config.learning_rate
   if config.learning_rate_schedule == "cosine":
     learning_rate = optax.cosine_decay_schedule(learning_rate,
                                                 steps_per_epoch * config.num_epochs)
-  if config.weight_decay:
+  if config.optimizer == "keras_adam":
+    optimizer = optimizers.keras_adam(learning_rate, eps=config.adam_epsilon)
+  elif config.weight_decay:
     optimizer = optax.adamw(learning_rate, eps=config.adam_epsilon,
                             weight_decay=config.weight_decay)
   else:
@@ -96,8 +98,17 @@ class TrainState(train_state.TrainState):
   ema_params: Any = None
   ema_decay: float = flax.struct.field(pytree_node=False, default=0.0)
 
-  def apply_gradients(self, *, grads: Any, **kwargs) -> "TrainState":
-    new = super().apply_gradients(grads=grads, **kwargs)
+  def apply_gradients(self, *, grads: Any, squared_grads: Any = None,
+                      **kwargs) -> "TrainState":
+    """Flax's step; `squared_grads`, if given, goes to an optimizer that takes it
+    (`optimizers.keras_adam`)."""
+    if squared_grads is None:
+      new = super().apply_gradients(grads=grads, **kwargs)
+    else:
+      updates, opt_state = self.tx.update(grads, self.opt_state, self.params,
+                                          squared_grads=squared_grads)
+      new = self.replace(step=self.step + 1, params=optax.apply_updates(self.params, updates),
+                         opt_state=opt_state, **kwargs)
     if self.ema_params is None:
       return new
     d = self.ema_decay
@@ -139,11 +150,12 @@ def run_keys(seed: int) -> tuple[jax.Array, jax.Array]:
   return init_rng, dropout_rng
 
 
-def jit_train_step(devices: parallel.DataParallel, adversarial_epsilon: float = 0.0
-                   ) -> Callable:
+def jit_train_step(devices: parallel.DataParallel, adversarial_epsilon: float = 0.0,
+                   embedding_squares: bool = False) -> Callable:
   """`_train_step` jitted for `devices`: the batch split over them, the state and dropout key
   replicated, the old state's buffers donated."""
-  step = functools.partial(_train_step, adversarial_epsilon=adversarial_epsilon)
+  step = functools.partial(_train_step, adversarial_epsilon=adversarial_epsilon,
+                           embedding_squares=embedding_squares)
   return jax.jit(step, donate_argnums=0,
                  in_shardings=(devices.replicated, devices.sharded, devices.replicated),
                  out_shardings=devices.replicated)
@@ -160,17 +172,33 @@ def adversarial_perturbation(grad: jax.Array, embedding_table: jax.Array,
 
 
 def _train_step(state: TrainState, batch: dict[str, jax.Array], dropout_rng: jax.Array,
-                adversarial_epsilon: float = 0.0) -> tuple[TrainState, Metrics]:
+                adversarial_epsilon: float = 0.0, embedding_squares: bool = False
+                ) -> tuple[TrainState, Metrics]:
   """One Adam step on the mean loss of the batch's real examples; with `adversarial_epsilon`,
-  on that loss plus the loss of the same batch (and dropout) adversarially perturbed."""
+  on that loss plus the loss of the same batch (and dropout) adversarially perturbed. With
+  `embedding_squares`, the optimizer (Keras' Adam) is given Keras 3's per-occurrence squares
+  of the embedding's gradient (`optimizers.embedding_squares`)."""
   rng = jax.random.fold_in(dropout_rng, state.step)  # A pure function of the step: resumable.
 
-  def loss_fn(params, perturbation=None):
-    logits = state.apply_fn({"params": params}, batch["inputs"], train=True,
+  def loss_fn(params, perturbation=None, embedded_probe=None):
+    variables = {"params": params}
+    if embedded_probe is not None:
+      variables[models.PROBES] = {models.EMBEDDED: embedded_probe}
+    logits = state.apply_fn(variables, batch["inputs"], train=True,
                             perturbation=perturbation, rngs={"dropout": rng})
     losses = binary_cross_entropy(logits, batch["labels"])
     return jnp.sum(losses * batch["mask"]) / jnp.sum(batch["mask"]), logits
 
+  if embedding_squares:
+    rows, dim = models.embedding_table(state.params).shape
+    probe = jnp.zeros((*batch["inputs"].shape, dim), jnp.float32)
+    (grads, embedded_grad), logits = jax.grad(loss_fn, argnums=(0, 2), has_aux=True)(
+        state.params, None, probe)
+    squared_grads = jax.tree_util.tree_map(jnp.square, grads)
+    squared_grads["embedding"]["embedding"] = optimizers.embedding_squares(
+        embedded_grad, models.embedding_ids(batch["inputs"], rows), rows)
+    state = state.apply_gradients(grads=grads, squared_grads=squared_grads)
+    return state, batch_metrics(logits, batch["labels"], batch["mask"])
   if not adversarial_epsilon:
     grads, logits = jax.grad(loss_fn, has_aux=True)(state.params)
   else:
@@ -191,7 +219,7 @@ def _eval_step(state: TrainState, batch: dict[str, jax.Array]) -> Metrics:
 
 
 # On one device; `train_and_evaluate` jits them again with the shardings of all devices.
-train_step = jax.jit(_train_step, static_argnames="adversarial_epsilon")
+train_step = jax.jit(_train_step, static_argnames=("adversarial_epsilon", "embedding_squares"))
 eval_step = jax.jit(_eval_step)
 
 
@@ -339,7 +367,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       create_train_state(config, model, init_rng, steps_per_epoch, data.train), replicated)
   dropout_rng = jax.device_put(dropout_rng, replicated)
   num_params = models.count_params(state.params)
-  sharded_train_step = jit_train_step(devices, config.adversarial_epsilon)
+  sharded_train_step = jit_train_step(devices, config.adversarial_epsilon,
+                                     config.keras3_embedding_squares)
   sharded_eval_step = jax.jit(_eval_step, in_shardings=(replicated, devices.sharded),
                               out_shardings=replicated)
 

@@ -18,7 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import seqjax
-from conftest import PROJECT_ROOT, assert_same_run, tiny_overrides
+from conftest import PROJECT_ROOT, assert_same_run, load_config, tiny_overrides
 from seqjax import checkpoints as ckpt
 from seqjax import config as config_lib
 from seqjax import tokenizer, train
@@ -122,7 +122,8 @@ def test_a_second_sigint_exits_at_once_even_while_the_main_thread_waits(tmp_path
 
 
 def tiny_config(tiny_data_dir, tmp_path, **extra):
-  config = config_lib.base_config()
+  """What `command` runs (configs/lstm.py and `overrides`), in this process."""
+  config = load_config("lstm")
   config.update(overrides(tiny_data_dir, tmp_path, **{"log_every_steps": 1000, **extra}))
   return config
 
