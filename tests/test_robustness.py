@@ -71,7 +71,7 @@ def test_sigkill_then_restart_gives_bitwise_identical_parameters(
   workdir = tmp_path / "run"
   for step in kill_points:
     process = run_until_step(workdir, values, step, signal.SIGKILL)
-    assert process.returncode == -signal.SIGKILL
+    assert process.returncode == -signal.SIGKILL, process.stderr_text[-3000:]
     assert not (workdir / "results.json").exists()  # It was killed mid-run.
   result = subprocess.run(command(workdir, values), cwd=PROJECT_ROOT, capture_output=True,
                           text=True, timeout=300)
