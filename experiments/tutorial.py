@@ -13,7 +13,7 @@ before the tutorial configs took Keras' Adam (`config_lib.tutorial_config`).
 
 Each run is `python -m seqjax.main` in a fresh process with config.optimizer=<optimizer>, in
 <workdir_root>/<folder>/seed_<seed>, where <folder> is the model, with _<optimizer> appended
-unless the optimizer is optax's 'adam'. A finished run is not trained again (an interrupted one
+unless the optimizer is optax's 'adam', and _<tag> with --tag. A finished run is not trained again (an interrupted one
 resumes). Each run's results.json is copied to
 experiments/results/runs/<folder>/seed_<seed>.json, with the commit that trained it, and
 everything else is built from those copies: experiments/results/<study>.md (per-seed rows
@@ -49,11 +49,15 @@ flags.DEFINE_enum("optimizer", "keras_adam", config_lib.OPTIMIZERS,
                   "studies used 'adam' (optax's).")
 flags.DEFINE_string("workdir_root", "runs/tutorial", "Folder for the runs' workdirs.")
 flags.DEFINE_bool("skip_training", False, "Only rebuild the table and plots from the copies.")
+flags.DEFINE_string("tag", "", "Appended to the runs' folder names, to keep a repetition apart "
+                    "(e.g. 'native': the same runs on the native LSTM kernel).")
 
 
 def run_folder(model: str) -> str:
-  """Where `model`'s runs with FLAGS.optimizer go: optax's Adam's under the model's name."""
-  return model if FLAGS.optimizer == "adam" else f"{model}_{FLAGS.optimizer}"
+  """Where `model`'s runs with FLAGS.optimizer go: optax's Adam's under the model's name,
+  then _<tag> if one is given."""
+  folder = model if FLAGS.optimizer == "adam" else f"{model}_{FLAGS.optimizer}"
+  return f"{folder}_{FLAGS.tag}" if FLAGS.tag else folder
 
 
 def run_record(model: str, seed: int) -> pathlib.Path:

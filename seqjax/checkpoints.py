@@ -17,7 +17,8 @@ import jax
 import orbax.checkpoint as ocp
 from absl import logging
 
-from seqjax.errors import UserError
+from seqjax import workdir as workdir_lib
+from seqjax.errors import DataError, UserError
 
 
 class CheckpointError(UserError):
@@ -116,6 +117,13 @@ class Checkpoints:
         {"state": state, "epoch_metrics": epoch_metrics}))
     return restored["state"], restored["epoch_metrics"]
 
+  def restore_eval_params(self, step: int) -> Any:
+    """The parameters of `step` that evaluation uses (their moving average, if the run kept
+    one), as stored: no config needed to shape them."""
+    self.wait()
+    state = self._manager.restore(step, args=ocp.args.StandardRestore())["state"]
+    return state["params"] if state.get("ema_params") is None else state["ema_params"]
+
   def restore_latest(self, state: Any, epoch_metrics: Any) -> tuple[Any, Any] | None:
     """The newest readable checkpoint, or None if there is none.
 
@@ -144,3 +152,23 @@ class Checkpoints:
       self.wait()
     finally:
       self._manager.close()
+
+
+def open_final(workdir: str) -> tuple[Checkpoints, int, str]:
+  """A finished run's checkpoints to read, the step to read and which it is: the best on
+  validation where the run had a validation split, else the last. Close them after reading.
+
+  Raises DataError if there is none yet.
+  """
+  which = "best on validation"
+  path = os.path.join(workdir, workdir_lib.BEST_CHECKPOINT)
+  if not os.path.isdir(path):
+    which, path = "the last", os.path.join(workdir, workdir_lib.CHECKPOINTS)
+  if os.path.isdir(path):
+    checkpoints = Checkpoints(path, keep=1, create=False, asynchronous=False)
+    step = checkpoints.latest_step()
+    if step is not None:
+      return checkpoints, step, which
+    checkpoints.close()
+  raise DataError(f"{path} holds no checkpoint: the run has not finished an epoch. Train it "
+                  "(rerun the same `seqjax.main` command) first.")

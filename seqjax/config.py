@@ -18,12 +18,16 @@ POOLINGS = ("last", "max", "mean", "max_mean")
 NGRAM_BAGS = ("embedding", "naive_bayes")
 TEST_EVALUATIONS = ("every_epoch", "best_epoch", "never")
 OPTIMIZERS = ("adam", "keras_adam")
+TASKS = ("classify", "language_model")
 
 
 def base_config() -> ml_collections.ConfigDict:
   """Returns the tutorial's plain LSTM; `configs/*.py` start from this."""
   config = ml_collections.ConfigDict()
   config.name = "lstm"
+  # 'classify' the reviews (the tutorial), or train a 'language_model' on their text
+  # (models.LanguageModel) for a classifier to start from (init_from).
+  config.task = "classify"
 
   # Data: any TFDS dataset with a `text` and a binary `label` feature.
   config.dataset = "imdb_reviews"
@@ -51,6 +55,9 @@ def base_config() -> ml_collections.ConfigDict:
   # the end, on the checkpoint of the best epoch on validation; 'never' (to choose configs
   # on validation alone). The last two need validation_size > 0.
   config.evaluate_test = "every_epoch"
+  # The language model's text: these splits' reviews, labels unread (comma-separated). Its
+  # validation_size reviews, held out at random, measure its perplexity after each epoch.
+  config.lm_splits = "train,unsupervised"
 
   # Model: Embedding -> [word dropout, Dropout] -> [Conv1D + MaxPool] -> (Bi)LSTM -> [pooling]
   # -> [concatenated with a bag of n-grams] -> [Dropout] -> Dense(1).
@@ -89,6 +96,14 @@ def base_config() -> ml_collections.ConfigDict:
   # With masking, batches group reviews of similar length and are cut to the next multiple of
   # bucket_width above their longest review (at most max_length); 0 = every batch max_length.
   config.bucket_width = 0
+
+  # The language model's output layer: a softmax over all top_words, approximated in training
+  # by this many words drawn per step (sampled softmax), each weighed by how often the draw
+  # picks it; 0 = the full softmax. Evaluation always takes the full softmax.
+  config.lm_sampled_words = 1024
+  # A language model run's workdir: the classifier takes its vocabulary, and starts its
+  # embedding and (Bi)LSTM from that run's parameters (best on its validation). '' = none.
+  config.init_from = ""
 
   # 'bfloat16' computes in bfloat16 on accelerators (parameters and optimizer stay float32).
   config.compute_dtype = "float32"
@@ -275,3 +290,53 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if config.conv_filters:
     _check(config.max_length >= config.pool_size, "pool_size", config.pool_size,
            f"use at most max_length={config.max_length}")
+  _check(config.task in TASKS, "task", config.task, f"use one of {', '.join(map(repr, TASKS))}")
+  _check(isinstance(config.init_from, str), "init_from", config.init_from,
+         "give a language model run's workdir, or '' for none")
+  if config.init_from:
+    _check(config.lstm_units and not config.conv_filters, "init_from", config.init_from,
+           "a language model's LSTM reads embedded words: it needs lstm_units >= 1 and "
+           "conv_filters=0")
+  if config.task == "language_model":
+    _validate_language_model(config)
+
+
+def lm_splits(config: ml_collections.ConfigDict) -> list[str]:
+  """The splits whose text the language model reads."""
+  return [s.strip() for s in config.lm_splits.split(",") if s.strip()]
+
+
+# What a language model does not have, as (key, value it must keep, why).
+_NOT_IN_LANGUAGE_MODELS = (
+    ("conv_filters", 0, "its LSTM reads the embedded words"),
+    ("ngram_order", 0, "a bag of n-grams predicts no words"),
+    ("adversarial_epsilon", 0.0, "adversarial training needs labels"),
+    ("keras3_embedding_squares", False, "it is not implemented for language models"),
+    ("embedding_top_words", 0, "its embedding reads every word it predicts"),
+    ("init_from", "", "it starts from scratch"),
+)
+
+
+def _validate_language_model(config: ml_collections.ConfigDict) -> None:
+  for key, value, why in _NOT_IN_LANGUAGE_MODELS:
+    _check(config[key] == value, key, config[key], f"with task='language_model' use {value!r}: "
+           f"{why}")
+  _check(config.lstm_units >= 1, "lstm_units", config.lstm_units,
+         "a language model needs an LSTM; use an integer >= 1")
+  _check(isinstance(config.lm_sampled_words, int) and 0 <= config.lm_sampled_words
+         < config.top_words, "lm_sampled_words", config.lm_sampled_words,
+         f"use an integer from 0 (the full softmax) to top_words - 1 = {config.top_words - 1}")
+  _check(config.padding == "post" and config.mask_padding, "padding", config.padding,
+         "a language model reads reviews words first: set padding='post' and mask_padding=True")
+  _check(not config.bidirectional or config.lstm_layers == 1, "bidirectional",
+         config.bidirectional, "a bidirectional language model has one layer (a second would "
+         "let each direction see the words it predicts); use lstm_layers=1")
+  splits = lm_splits(config)
+  _check(bool(splits), "lm_splits", config.lm_splits, "name the splits to read, e.g. "
+         "'train,unsupervised'")
+  _check(config.eval_split not in splits, "lm_splits", config.lm_splits,
+         f"the evaluation split {config.eval_split!r} is for the final evaluation only")
+  _check(config.validation_size > 0, "validation_size", config.validation_size,
+         "a language model holds out that many reviews to measure its perplexity; use >= 1")
+  _check(config.evaluate_test == "never", "evaluate_test", config.evaluate_test,
+         "a language model is never evaluated on the test split; use 'never'")

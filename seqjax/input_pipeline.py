@@ -6,19 +6,21 @@ into a vocabulary on the training examples only, encoded and padded. The result 
 """
 
 import dataclasses
+import functools
 import hashlib
 import json
 import os
 import socket
 import urllib.parse
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 
 import ml_collections
 import numpy as np
 import tensorflow_datasets as tfds
 from absl import logging
 
+from seqjax import config as config_lib
 from seqjax import files, tokenizer
 from seqjax.errors import DataError
 
@@ -96,11 +98,18 @@ def _open_sources(config: ml_collections.ConfigDict) -> dict:
   except Exception as e:
     raise DataError(f"Cannot read {config.dataset} from {data_dir}: {e}. The copy must be "
                     "prepared with file_format='array_record'.") from e
-  for split in (config.train_split, config.eval_split):
+  for split in _source_splits(config):
     if split not in sources:
       raise DataError(f"{config.dataset} in {data_dir} has no split {split!r}; it has "
                       f"{sorted(sources)}.")
   return sources
+
+
+def _source_splits(config: ml_collections.ConfigDict) -> list[str]:
+  """The dataset splits a run reads: a language model never reads the evaluation split."""
+  if config.task == "language_model":
+    return config_lib.lm_splits(config)
+  return [config.train_split, config.eval_split]
 
 
 def _check_reachable(urls, problem: str, how_to: str) -> None:
@@ -115,11 +124,13 @@ def _check_reachable(urls, problem: str, how_to: str) -> None:
                       f"({e}). {how_to}") from e
 
 
-def _read(source, limit: int) -> tuple[list[list[str]], np.ndarray]:
-  """Tokens and labels of the first `limit` examples (all if 0)."""
+def _read(source, limit: int, labelled: bool = True) -> tuple[list[list[str]], np.ndarray]:
+  """Tokens and labels of the first `limit` examples (all if 0); unread labels are zeros."""
   n = len(source) if not limit else min(limit, len(source))
   records = source.__getitems__(list(range(n)))
   tokens = [tokenizer.tokenize(r["text"]) for r in records]
+  if not labelled:
+    return tokens, np.zeros(n, np.int32)
   labels = np.array([r["label"] for r in records], dtype=np.int32)
   if np.any((labels != 0) & (labels != 1)):
     raise DataError(f"Labels must be 0 or 1; found {sorted(set(labels.tolist()))}.")
@@ -165,19 +176,27 @@ def validation_examples(num_examples: int, size: int, groups_file: str = "") -> 
   return held_out
 
 
-def _cache_key(config: ml_collections.ConfigDict, data_dir: str) -> str:
+def _cache_key(config: ml_collections.ConfigDict, data_dir: str,
+               vocabulary: tokenizer.Vocabulary | None) -> str:
   keyed = {k: config[k] for k in ("dataset", "train_split", "eval_split", "top_words",
                                   "max_length", "padding", "truncating", "max_train_examples",
                                   "max_eval_examples", "validation_size")}
   keyed.update(data_dir=os.path.abspath(data_dir), encoding_version=ENCODING_VERSION,
                validation_split_seed=VALIDATION_SPLIT_SEED)
+  if config.task == "language_model":
+    keyed.update(task=config.task, lm_splits=config_lib.lm_splits(config))
+  if vocabulary is not None:
+    keyed["vocabulary"] = hashlib.sha256("\n".join(vocabulary.words).encode()).hexdigest()
   if config.validation_size and config.validation_groups:
     keyed["validation_groups"] = hashlib.sha256(
         _read_groups_file(config.validation_groups).encode()).hexdigest()
   return hashlib.sha256(json.dumps(keyed, sort_keys=True).encode()).hexdigest()[:20]
 
 
-def _encode(config: ml_collections.ConfigDict, sources: dict) -> dict[str, np.ndarray]:
+def _encode(config: ml_collections.ConfigDict, sources: dict,
+            vocabulary: tokenizer.Vocabulary | None) -> dict[str, np.ndarray]:
+  """The classifier's splits, encoded with `vocabulary`, else with one ranked on the
+  training examples."""
   train_tokens, train_labels = _read(sources[config.train_split], 0)
   validation_index = np.zeros(0, dtype=np.int64)
   if config.validation_size:
@@ -191,13 +210,10 @@ def _encode(config: ml_collections.ConfigDict, sources: dict) -> dict[str, np.nd
     train_index = train_index[:config.max_train_examples]
   test_tokens, test_labels = _read(sources[config.eval_split], config.max_eval_examples)
 
-  vocabulary = tokenizer.Vocabulary.build((train_tokens[i] for i in train_index),
-                                          config.top_words)
-
-  def encode(token_lists) -> np.ndarray:
-    return tokenizer.pad_sequences([vocabulary.encode(t) for t in token_lists],
-                                   config.max_length, config.padding, config.truncating)
-
+  if vocabulary is None:
+    vocabulary = tokenizer.Vocabulary.build((train_tokens[i] for i in train_index),
+                                            config.top_words)
+  encode = functools.partial(_pad, config, vocabulary)
   return dict(
       train_inputs=encode(train_tokens[i] for i in train_index),
       train_labels=train_labels[train_index],
@@ -205,6 +221,40 @@ def _encode(config: ml_collections.ConfigDict, sources: dict) -> dict[str, np.nd
       validation_labels=train_labels[validation_index],
       test_inputs=encode(test_tokens),
       test_labels=test_labels,
+      words=np.array(vocabulary.words, dtype=str),
+  )
+
+
+def _pad(config: ml_collections.ConfigDict, vocabulary: tokenizer.Vocabulary,
+         token_lists: Iterable[Sequence[str]]) -> np.ndarray:
+  """(N, max_length) ids of tokenized texts, padded and truncated as the config says."""
+  return tokenizer.pad_sequences([vocabulary.encode(t) for t in token_lists],
+                                 config.max_length, config.padding, config.truncating)
+
+
+def _encode_text(config: ml_collections.ConfigDict, sources: dict) -> dict[str, np.ndarray]:
+  """The language model's reviews: those of `lm_splits`, with `validation_size` of them held
+  out at random, encoded with a vocabulary ranked on the rest. No labels are read, and no
+  text of the evaluation split: its arrays are empty."""
+  tokens = [t for split in config_lib.lm_splits(config)
+            for t in _read(sources[split], 0, labelled=False)[0]]
+  if config.validation_size >= len(tokens):
+    raise DataError(f"validation_size={config.validation_size} leaves no text for the "
+                    f"language model out of {len(tokens)} reviews; use a smaller value.")
+  validation_index = validation_examples(len(tokens), config.validation_size)
+  train_index = np.setdiff1d(np.arange(len(tokens)), validation_index)
+  if config.max_train_examples:
+    train_index = train_index[:config.max_train_examples]
+  vocabulary = tokenizer.Vocabulary.build((tokens[i] for i in train_index), config.top_words)
+  encode = functools.partial(_pad, config, vocabulary)
+  no_labels = functools.partial(np.zeros, dtype=np.int32)
+  return dict(
+      train_inputs=encode(tokens[i] for i in train_index),
+      train_labels=no_labels(len(train_index)),
+      validation_inputs=encode(tokens[i] for i in validation_index),
+      validation_labels=no_labels(len(validation_index)),
+      test_inputs=np.zeros((0, config.max_length), np.int32),
+      test_labels=no_labels(0),
       words=np.array(vocabulary.words, dtype=str),
   )
 
@@ -234,16 +284,24 @@ def _save_cache(path: str, arrays: dict[str, np.ndarray]) -> None:
     np.savez(f, **arrays)
 
 
-def load_data(config: ml_collections.ConfigDict) -> Data:
-  """Train, validation (if `validation_size`) and test splits, encoded; cached on disk."""
+def load_data(config: ml_collections.ConfigDict,
+              vocabulary: tokenizer.Vocabulary | None = None) -> Data:
+  """Train, validation (if `validation_size`) and test splits, encoded; cached on disk.
+
+  A classifier's words are ranked on its training examples, unless `vocabulary` is given (a
+  pretrained model's). A language model's splits are its text (`_encode_text`), and its
+  test split is empty.
+  """
   data_dir = resolve_data_dir(config.data_dir)
-  path = os.path.join(_cache_dir(config), f"{config.dataset}-{_cache_key(config, data_dir)}.npz")
+  key = _cache_key(config, data_dir, vocabulary)
+  path = os.path.join(_cache_dir(config), f"{config.dataset}-{key}.npz")
   arrays = _load_cache(path, config)
   if arrays is None:
     sources = _open_sources(config)
     logging.info("Tokenizing %s from %s (cached afterwards in %s).", config.dataset, data_dir,
                  path)
-    arrays = _encode(config, sources)
+    arrays = (_encode_text(config, sources) if config.task == "language_model"
+              else _encode(config, sources, vocabulary))
     try:
       _save_cache(path, arrays)
     except OSError as e:

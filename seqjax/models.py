@@ -545,21 +545,171 @@ class Classifier(nn.Module):
     if self.conv_filters:
       x, mask = ConvFrontEnd(self.conv_filters, self.conv_kernel_size, self.pool_size,
                              dtype=self.dtype, name="conv_front_end")(x, mask)
-    rnn = Bidirectional if self.bidirectional else LSTM
-    name = "bidirectional" if self.bidirectional else "lstm"
-    for layer in range(self.lstm_layers):
-      top = layer == self.lstm_layers - 1
-      x = rnn(self.lstm_units, dropout=self.lstm_dropout,
-              recurrent_dropout=self.lstm_recurrent_dropout,
-              return_sequences=not top or self.pooling != "last", dtype=self.dtype,
-              name=f"{name}_{layer}" if layer else name)(x, mask, train=train)
+    x = recurrent_layers(x, mask, units=self.lstm_units, layers=self.lstm_layers,
+                         bidirectional=self.bidirectional, dropout=self.lstm_dropout,
+                         recurrent_dropout=self.lstm_recurrent_dropout,
+                         return_sequences=self.pooling != "last", dtype=self.dtype, train=train)
     if self.pooling != "last":
       x = pool_over_time(x, mask, self.pooling)
     return x
 
 
-def create_model(config: ml_collections.ConfigDict) -> Classifier:
-  """The classifier a config describes."""
+def recurrent_layers(x: Array, mask: Array | None, *, units: int, layers: int,
+                     bidirectional: bool, dropout: float, recurrent_dropout: float,
+                     return_sequences: bool, dtype: Any, train: bool) -> Array:
+  """`layers` stacked LSTMs (or Bidirectional LSTMs), each above the first reading every state
+  of the one below, made inside the calling module's compact method under the names
+  'lstm', 'lstm_1', ... ('bidirectional', ...): the names a language model and a classifier
+  share, so that one's parameters can start the other's.
+
+  x (B, T, E) -> the top layer's final state (B, H or 2H), or with return_sequences every
+  state (B, T, H or 2H).
+  """
+  rnn = Bidirectional if bidirectional else LSTM
+  name = "bidirectional" if bidirectional else "lstm"
+  for layer in range(layers):
+    top = layer == layers - 1
+    x = rnn(units, dropout=dropout, recurrent_dropout=recurrent_dropout,
+            return_sequences=not top or return_sequences, dtype=dtype,
+            name=f"{name}_{layer}" if layer else name)(x, mask, train=train)
+  return x
+
+
+def log_expected_count(ids: Array, num: int, vocab_size: int) -> Array:
+  """log(num * P(id)): how often `num` draws of `log_uniform_sample` pick each id, in logs."""
+  p = jnp.log1p(1.0 / (ids + 1.0)) / jnp.log(vocab_size + 1.0)
+  return jnp.log(float(num)) + jnp.log(p)
+
+
+def log_uniform_sample(rng: Array, num: int, vocab_size: int) -> Array:
+  """`num` ids drawn with replacement from P(k) = log((k + 2) / (k + 1)) / log(V + 1): Zipf's
+  law, for ids ranked by frequency as the vocabulary ranks them."""
+  u = jax.random.uniform(rng, (num,))
+  ids = jnp.floor(jnp.exp(u * jnp.log(vocab_size + 1.0))).astype(jnp.int32) - 1
+  return jnp.clip(ids, 0, vocab_size - 1)
+
+
+def sampled_softmax(states: Array, targets: Array, kernel: Array, bias: Array, rng: Array,
+                    num_sampled: int) -> tuple[Array, Array]:
+  """The sampled softmax (Jean et al. 2015): each of the (N, H) states' (N,) targets against
+  `num_sampled` words drawn once for the whole batch (`log_uniform_sample`), each logit less
+  the log of its word's expected count, a draw of the target itself left out. kernel (H, V),
+  bias (V,).
+
+  Returns (N,) losses, and (N,) whether the target's logit beat every drawn word's.
+  """
+  vocab_size = kernel.shape[1]
+  sampled = log_uniform_sample(rng, num_sampled, vocab_size)
+  true_logit = (jnp.sum(states * kernel.T[targets], axis=-1) + bias[targets]
+                - log_expected_count(targets, num_sampled, vocab_size))
+  sampled_logits = (states @ kernel[:, sampled] + bias[sampled]
+                    - log_expected_count(sampled, num_sampled, vocab_size))
+  sampled_logits = jnp.where(sampled[None, :] == targets[:, None], -jnp.inf, sampled_logits)
+  logits = jnp.concatenate([true_logit[:, None], sampled_logits], axis=1)
+  losses = jax.nn.logsumexp(logits, axis=1) - true_logit
+  return losses, true_logit > jnp.max(sampled_logits, axis=1)
+
+
+def full_softmax(states: Array, targets: Array, kernel: Array, bias: Array,
+                 chunk: int = 1024) -> tuple[Array, Array]:
+  """The softmax over every word: (N, H) states and (N,) targets -> (N,) losses and whether
+  the most likely word is the target. Computed `chunk` states at a time, so that the (N, V)
+  logits never exist whole."""
+  n = states.shape[0]
+  padded = -(-n // chunk) * chunk
+  states = jnp.pad(states, ((0, padded - n), (0, 0))).reshape(-1, chunk, states.shape[1])
+  targets = jnp.pad(targets, (0, padded - n)).reshape(-1, chunk)
+
+  def one_chunk(xs):
+    h, t = xs
+    logits = h @ kernel + bias
+    target_logit = jnp.take_along_axis(logits, t[:, None], axis=1)[:, 0]
+    return (jax.nn.logsumexp(logits, axis=1) - target_logit,
+            jnp.argmax(logits, axis=1) == t)
+
+  losses, correct = jax.lax.map(one_chunk, (states, targets))
+  return losses.reshape(-1)[:n], correct.reshape(-1)[:n]
+
+
+class LanguageModel(nn.Module):
+  """An LSTM language model on the classifier's layers: Embedding -> [Dropout] -> LSTM
+  (x lstm_layers) -> [Dropout] -> softmax over the vocabulary. Each state predicts the next
+  word; with `bidirectional`, a second LSTM reads each review backwards and each of its states
+  predicts the word before (two language models sharing the embedding and the softmax, as in
+  ELMo). Its embedding and LSTMs have the names and shapes of a `Classifier`'s, which can
+  start from them (pretrained.py).
+
+  tokens (B, T) ids, words first then padding -> (losses, correct, real), each (B, P) with
+  P = T - 1, or 2 (T - 1) bidirectionally: each prediction's cross-entropy, whether it was
+  right, and whether it is a real one (its target and its inputs are words, not padding).
+  In training the softmax is sampled (`sampled_words` > 0; `sampled_softmax`), and "right"
+  means the target beat the sampled words; otherwise it is the full softmax.
+  """
+
+  vocab_size: int
+  embedding_dim: int
+  lstm_units: int
+  lstm_layers: int = 1
+  bidirectional: bool = False
+  embedding_dropout: float = 0.0
+  lstm_dropout: float = 0.0
+  lstm_recurrent_dropout: float = 0.0
+  output_dropout: float = 0.0
+  sampled_words: int = 0
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, tokens: Array, *, train: bool = False, perturbation: Array | None = None
+               ) -> tuple[Array, Array, Array]:
+    del perturbation  # Adversarial training needs labels (config.validate refuses it).
+    mask = tokens != PAD_ID
+    x = nn.Embed(self.vocab_size, self.embedding_dim, embedding_init=keras_embedding_init,
+                 dtype=self.dtype, name="embedding")(tokens)
+    if self.embedding_dropout:
+      x = nn.Dropout(self.embedding_dropout, deterministic=not train,
+                     name="embedding_dropout")(x)
+    x = recurrent_layers(x, mask, units=self.lstm_units, layers=self.lstm_layers,
+                         bidirectional=self.bidirectional, dropout=self.lstm_dropout,
+                         recurrent_dropout=self.lstm_recurrent_dropout, return_sequences=True,
+                         dtype=self.dtype, train=train)
+    if self.output_dropout:
+      x = nn.Dropout(self.output_dropout, deterministic=not train, name="output_dropout")(x)
+    # The forward states before each word predict it; the backward states after it, too.
+    # A prediction is real where the word after it is (the words come first).
+    states, targets, real = [x[:, :-1, :self.lstm_units]], [tokens[:, 1:]], [mask[:, 1:]]
+    if self.bidirectional:
+      states.append(x[:, 1:, self.lstm_units:])
+      targets.append(tokens[:, :-1])
+      real.append(mask[:, 1:])
+    states = jnp.concatenate(states, axis=1).astype(jnp.float32)
+    targets, real = jnp.concatenate(targets, axis=1), jnp.concatenate(real, axis=1)
+    kernel = self.param("kernel", glorot_uniform, (self.lstm_units, self.vocab_size))
+    bias = self.param("bias", nn.initializers.zeros, (self.vocab_size,))
+    flat_states = states.reshape(-1, self.lstm_units)
+    if train and self.sampled_words:
+      losses, correct = sampled_softmax(flat_states, targets.reshape(-1), kernel, bias,
+                                        self.make_rng("dropout"), self.sampled_words)
+    else:
+      losses, correct = full_softmax(flat_states, targets.reshape(-1), kernel, bias)
+    return losses.reshape(targets.shape), correct.reshape(targets.shape), real
+
+
+def create_model(config: ml_collections.ConfigDict) -> "Classifier | LanguageModel":
+  """The classifier (or with task='language_model', the language model) a config describes."""
+  if config.task == "language_model":
+    return LanguageModel(
+        vocab_size=config.top_words,
+        embedding_dim=config.embedding_dim,
+        lstm_units=config.lstm_units,
+        lstm_layers=config.lstm_layers,
+        bidirectional=config.bidirectional,
+        embedding_dropout=config.embedding_dropout,
+        lstm_dropout=config.lstm_dropout,
+        lstm_recurrent_dropout=config.lstm_recurrent_dropout,
+        output_dropout=config.output_dropout,
+        sampled_words=config.lm_sampled_words,
+        dtype=jnp.dtype(config.compute_dtype),
+    )
   return Classifier(
       vocab_size=config.top_words,
       embedding_dim=config.embedding_dim,

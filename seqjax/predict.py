@@ -43,6 +43,10 @@ class Predictor:
       raise DataError(f"The workdir {self.workdir} does not exist. Pass the --workdir of a "
                       "finished `python -m seqjax.main` run.")
     self.config = workdir_lib.read_config(self.workdir)
+    if self.config.task == "language_model":
+      raise DataError(f"{self.workdir} holds a language model, which predicts words, not "
+                      "sentiment. Fine-tune a classifier from it (--config.init_from="
+                      f"{self.workdir}) and load that run.")
     self.vocabulary = tokenizer.Vocabulary.load(os.path.join(self.workdir, workdir_lib.VOCABULARY))
     if self.vocabulary.top_words != self.config.top_words:
       raise DataError(f"vocabulary.json has top_words={self.vocabulary.top_words} but "
@@ -55,22 +59,8 @@ class Predictor:
         lambda params, inputs: jax.nn.sigmoid(self.model.apply({"params": params}, inputs)))
 
   def _restore(self) -> tuple[str, int, dict]:
-    """Which checkpoint, its step and its parameters.
-
-    The checkpoint of the best validation accuracy where the run had a validation split,
-    else the last one.
-    """
-    which = "best on validation"
-    path = os.path.join(self.workdir, workdir_lib.BEST_CHECKPOINT)
-    if not os.path.isdir(path):
-      which, path = "the last", os.path.join(self.workdir, workdir_lib.CHECKPOINTS)
-    step = None
-    if os.path.isdir(path):
-      checkpoints = ckpt.Checkpoints(path, keep=1, create=False)
-      step = checkpoints.latest_step()
-    if step is None:
-      raise DataError(f"{path} holds no checkpoint: the run has not finished an epoch. "
-                      "Train it (rerun the same `seqjax.main` command) first.")
+    """Which checkpoint (`ckpt.open_final`), its step and its parameters."""
+    checkpoints, step, which = ckpt.open_final(self.workdir)
     try:
       target = train.create_train_state(self.config, self.model, jax.random.PRNGKey(0))
       state, _ = checkpoints.restore(step, target, train.Metrics.empty())

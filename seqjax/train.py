@@ -3,6 +3,7 @@
 import contextlib
 import functools
 import json
+import math
 import os
 import signal
 import time
@@ -20,7 +21,9 @@ from flax.training import train_state
 
 from seqjax import checkpoints as ckpt
 from seqjax import config as config_lib
-from seqjax import input_pipeline, malloc, models, optimizers, parallel, preemption, progress
+from seqjax import input_pipeline, malloc, models, native_lstm, optimizers, parallel
+from seqjax import preemption, progress
+from seqjax import pretrained as pretrained_lib
 from seqjax import workdir as workdir_lib
 from seqjax.errors import UserError
 
@@ -49,11 +52,24 @@ def binary_cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
   return optax.sigmoid_binary_cross_entropy(logits, labels.astype(logits.dtype))
 
 
-def batch_metrics(logits: jax.Array, labels: jax.Array, mask: jax.Array) -> Metrics:
-  """Loss and accuracy over the real (mask == 1) examples of a batch."""
-  losses = binary_cross_entropy(logits, labels)
-  correct = ((logits > 0) == (labels == 1)).astype(jnp.float32)
-  return Metrics.single_from_model_output(loss=losses, accuracy=correct, mask=mask)
+def predictions(apply_fn: Callable, variables: dict, batch: dict[str, jax.Array],
+                **kwargs) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """(losses, correct, weights) of a batch's predictions, of the same shape: one per review
+  for a classifier, one per word for a language model (models.LanguageModel); weights are 0
+  on padding, 1 elsewhere. `kwargs` go to the model."""
+  outputs = apply_fn(variables, batch["inputs"], **kwargs)
+  if isinstance(outputs, tuple):  # A language model's (losses, correct, real) (B, P).
+    losses, correct, real = outputs
+    return losses, correct, real * batch["mask"][:, None]
+  return (binary_cross_entropy(outputs, batch["labels"]), (outputs > 0) == (batch["labels"] == 1),
+          batch["mask"])
+
+
+def batch_metrics(losses: jax.Array, correct: jax.Array, weights: jax.Array) -> Metrics:
+  """Loss and accuracy over a batch's real (weight 1) predictions."""
+  return Metrics.single_from_model_output(loss=losses.reshape(-1),
+                                          accuracy=correct.reshape(-1).astype(jnp.float32),
+                                          mask=weights.reshape(-1))
 
 
 def create_optimizer(config: ml_collections.ConfigDict,
@@ -126,12 +142,17 @@ def dummy_inputs(config: ml_collections.ConfigDict) -> jax.Array:
   return jnp.zeros((1, config.max_length), jnp.int32)
 
 
-def create_train_state(config: ml_collections.ConfigDict, model: models.Classifier,
-                       rng: jax.Array, steps_per_epoch: int = 1,
-                       train_split: input_pipeline.Split | None = None) -> TrainState:
+def create_train_state(config: ml_collections.ConfigDict,
+                       model: models.Classifier | models.LanguageModel, rng: jax.Array,
+                       steps_per_epoch: int = 1,
+                       train_split: input_pipeline.Split | None = None,
+                       start: pretrained_lib.Pretrained | None = None) -> TrainState:
   """Fresh parameters and optimizer state. `steps_per_epoch` sets a schedule's length; a
-  NaiveBayesBag's ratios are counted in `train_split` (else left at zero, to be restored)."""
+  NaiveBayesBag's ratios are counted in `train_split` (else left at zero, to be restored);
+  the layers a language model has are taken from `start`, if given."""
   params = model.init({"params": rng}, dummy_inputs(config), train=False)["params"]
+  if start is not None:
+    params = jax.tree_util.tree_map(jnp.asarray, start.transfer(params))
   if uses_naive_bayes_bag(config) and train_split is not None:
     ratios = models.naive_bayes_ratios(train_split.inputs, train_split.labels, config.top_words,
                                        config.ngram_order, config.ngram_buckets)
@@ -174,48 +195,48 @@ def adversarial_perturbation(grad: jax.Array, embedding_table: jax.Array,
 def _train_step(state: TrainState, batch: dict[str, jax.Array], dropout_rng: jax.Array,
                 adversarial_epsilon: float = 0.0, embedding_squares: bool = False
                 ) -> tuple[TrainState, Metrics]:
-  """One Adam step on the mean loss of the batch's real examples; with `adversarial_epsilon`,
-  on that loss plus the loss of the same batch (and dropout) adversarially perturbed. With
-  `embedding_squares`, the optimizer (Keras' Adam) is given Keras 3's per-occurrence squares
-  of the embedding's gradient (`optimizers.embedding_squares`)."""
+  """One Adam step on the mean loss of the batch's real predictions (`predictions`); with
+  `adversarial_epsilon`, on that loss plus the loss of the same batch (and dropout)
+  adversarially perturbed. With `embedding_squares`, the optimizer (Keras' Adam) is given
+  Keras 3's per-occurrence squares of the embedding's gradient (`optimizers.embedding_squares`)."""
   rng = jax.random.fold_in(dropout_rng, state.step)  # A pure function of the step: resumable.
 
   def loss_fn(params, perturbation=None, embedded_probe=None):
     variables = {"params": params}
     if embedded_probe is not None:
       variables[models.PROBES] = {models.EMBEDDED: embedded_probe}
-    logits = state.apply_fn(variables, batch["inputs"], train=True,
-                            perturbation=perturbation, rngs={"dropout": rng})
-    losses = binary_cross_entropy(logits, batch["labels"])
-    return jnp.sum(losses * batch["mask"]) / jnp.sum(batch["mask"]), logits
+    outputs = predictions(state.apply_fn, variables, batch, train=True,
+                          perturbation=perturbation, rngs={"dropout": rng})
+    losses, _, weights = outputs
+    return jnp.sum(losses * weights) / jnp.maximum(jnp.sum(weights), 1), outputs
 
   if embedding_squares:
     rows, dim = models.embedding_table(state.params).shape
     probe = jnp.zeros((*batch["inputs"].shape, dim), jnp.float32)
-    (grads, embedded_grad), logits = jax.grad(loss_fn, argnums=(0, 2), has_aux=True)(
+    (grads, embedded_grad), outputs = jax.grad(loss_fn, argnums=(0, 2), has_aux=True)(
         state.params, None, probe)
     squared_grads = jax.tree_util.tree_map(jnp.square, grads)
     squared_grads["embedding"]["embedding"] = optimizers.embedding_squares(
         embedded_grad, models.embedding_ids(batch["inputs"], rows), rows)
     state = state.apply_gradients(grads=grads, squared_grads=squared_grads)
-    return state, batch_metrics(logits, batch["labels"], batch["mask"])
+    return state, batch_metrics(*outputs)
   if not adversarial_epsilon:
-    grads, logits = jax.grad(loss_fn, has_aux=True)(state.params)
+    grads, outputs = jax.grad(loss_fn, has_aux=True)(state.params)
   else:
     table = models.embedding_table(state.params)
     zeros = jnp.zeros((*batch["inputs"].shape, table.shape[1]), jnp.float32)
-    (grads, embedded_grad), logits = jax.grad(loss_fn, argnums=(0, 1), has_aux=True)(
+    (grads, embedded_grad), outputs = jax.grad(loss_fn, argnums=(0, 1), has_aux=True)(
         state.params, zeros)
     perturbation = adversarial_perturbation(embedded_grad, table, adversarial_epsilon)
     adversarial_grads, _ = jax.grad(loss_fn, has_aux=True)(state.params, perturbation)
     grads = jax.tree_util.tree_map(jnp.add, grads, adversarial_grads)
   state = state.apply_gradients(grads=grads)
-  return state, batch_metrics(logits, batch["labels"], batch["mask"])
+  return state, batch_metrics(*outputs)
 
 
 def _eval_step(state: TrainState, batch: dict[str, jax.Array]) -> Metrics:
-  logits = state.apply_fn({"params": state.eval_params}, batch["inputs"], train=False)
-  return batch_metrics(logits, batch["labels"], batch["mask"])
+  return batch_metrics(*predictions(state.apply_fn, {"params": state.eval_params}, batch,
+                                    train=False))
 
 
 # On one device; `train_and_evaluate` jits them again with the shardings of all devices.
@@ -285,6 +306,8 @@ def _evaluate_splits(state: TrainState, splits: dict[str, input_pipeline.Split],
             for k, v in evaluate(state, split, config.eval_batch_size, config.bucket_width,
                                  step, put_batch, f"evaluate {name}",
                                  jax.process_index() == 0).items()}
+  if config.task == "language_model":  # Its loss is the mean cross-entropy per word.
+    record.update({f"{name}_perplexity": math.exp(record[f"{name}_loss"]) for name in splits})
   return {**record, "eval_seconds": round(time.time() - start, 2)}
 
 
@@ -318,6 +341,7 @@ def _results(config: ml_collections.ConfigDict, num_params: int, data: input_pip
       "num_test_examples": len(data.test),
       "epochs": history,
       "platform": jax.devices()[0].platform,
+      "lstm_path": native_lstm.path_in_use(),
       "jax_version": jax.__version__,
   }
   if data.validation is not None:
@@ -327,6 +351,9 @@ def _results(config: ml_collections.ConfigDict, num_params: int, data: input_pip
                    num_validation_examples=len(data.validation),
                    best_epoch=best["epoch"],
                    best_epoch_validation_accuracy=best["validation_accuracy"])
+    if "validation_perplexity" in final:
+      results.update(validation_perplexity=final["validation_perplexity"],
+                     best_epoch_validation_perplexity=best["validation_perplexity"])
     if final_test:
       results["test_evaluated_at_epoch"] = best["epoch"]
     elif config.evaluate_test == "every_epoch":
@@ -346,7 +373,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   malloc.keep_freed_memory(jax.default_backend())
   workdir = os.path.abspath(workdir)
   workdir_lib.check_config(workdir, config)
-  data = input_pipeline.load_data(config)
+  start = pretrained_lib.load(config.init_from, config) if config.init_from else None
+  data = input_pipeline.load_data(config, start.vocabulary if start else None)
   is_main = jax.process_index() == 0  # Only process 0 writes files other than checkpoints.
   os.makedirs(workdir, exist_ok=True)
   if is_main:
@@ -364,7 +392,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   replicated = devices.replicated
   steps_per_epoch = input_pipeline.num_batches(len(data.train), config.batch_size)
   state = jax.device_put(
-      create_train_state(config, model, init_rng, steps_per_epoch, data.train), replicated)
+      create_train_state(config, model, init_rng, steps_per_epoch, data.train, start),
+      replicated)
+  if start is not None:
+    logging.info("Embedding and LSTM layers from the language model in %s (step %d).",
+                 start.workdir, start.step)
   dropout_rng = jax.device_put(dropout_rng, replicated)
   num_params = models.count_params(state.params)
   sharded_train_step = jit_train_step(devices, config.adversarial_epsilon,

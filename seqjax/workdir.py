@@ -104,5 +104,8 @@ def write_history(workdir: str, history: list[dict]) -> None:
 
 
 def best_epoch(history: list[dict]) -> dict:
-  """The record with the highest validation accuracy; the earliest of equals."""
+  """The record with the highest validation accuracy, or a language model's with the lowest
+  validation perplexity; the earliest of equals."""
+  if "validation_perplexity" in history[0]:
+    return min(history, key=lambda r: (r["validation_perplexity"], r["epoch"]))
   return max(history, key=lambda r: (r["validation_accuracy"], -r["epoch"]))

@@ -40,10 +40,12 @@ def synthetic_review(rng: np.random.Generator, label: int) -> str:
 
 
 class TinyReviews(tfds.core.GeneratorBasedBuilder):
-  """IMDB's layout (text, label; train and test splits) with synthetic reviews."""
+  """IMDB's layout (text, label; train, test and unsupervised splits) with synthetic reviews;
+  the unsupervised ones have label -1, as IMDB's."""
 
   VERSION = tfds.core.Version("1.0.0")
-  SPLIT_SIZES = {"train": 200, "test": 37}  # 37: not a multiple of any batch size used.
+  # 37: not a multiple of any batch size used.
+  SPLIT_SIZES = {"train": 200, "test": 37, "unsupervised": 120}
 
   def _info(self) -> tfds.core.DatasetInfo:
     return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
@@ -56,10 +58,11 @@ class TinyReviews(tfds.core.GeneratorBasedBuilder):
     return {split: self._generate_examples(split, n) for split, n in self.SPLIT_SIZES.items()}
 
   def _generate_examples(self, split: str, num_examples: int):
-    rng = np.random.default_rng(0 if split == "train" else 1)
+    rng = np.random.default_rng({"train": 0, "test": 1, "unsupervised": 2}[split])
     for i in range(num_examples):
       label = int(rng.integers(2))
-      yield i, {"text": synthetic_review(rng, label), "label": label}
+      yield i, {"text": synthetic_review(rng, label),
+                "label": -1 if split == "unsupervised" else label}
 
 
 @pytest.fixture(scope="session")
