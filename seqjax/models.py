@@ -589,20 +589,20 @@ def log_uniform_sample(rng: Array, num: int, vocab_size: int) -> Array:
   return jnp.clip(ids, 0, vocab_size - 1)
 
 
-def sampled_softmax(states: Array, targets: Array, kernel: Array, bias: Array, rng: Array,
+def sampled_softmax(states: Array, targets: Array, weights: Array, bias: Array, rng: Array,
                     num_sampled: int) -> tuple[Array, Array]:
   """The sampled softmax (Jean et al. 2015): each of the (N, H) states' (N,) targets against
   `num_sampled` words drawn once for the whole batch (`log_uniform_sample`), each logit less
-  the log of its word's expected count, a draw of the target itself left out. kernel (H, V),
-  bias (V,).
+  the log of its word's expected count, a draw of the target itself left out. weights (V, H),
+  one row per word, and bias (V,).
 
   Returns (N,) losses, and (N,) whether the target's logit beat every drawn word's.
   """
-  vocab_size = kernel.shape[1]
+  vocab_size = weights.shape[0]
   sampled = log_uniform_sample(rng, num_sampled, vocab_size)
-  true_logit = (jnp.sum(states * kernel.T[targets], axis=-1) + bias[targets]
+  true_logit = (jnp.sum(states * weights[targets], axis=-1) + bias[targets]
                 - log_expected_count(targets, num_sampled, vocab_size))
-  sampled_logits = (states @ kernel[:, sampled] + bias[sampled]
+  sampled_logits = (states @ weights[sampled].T + bias[sampled]
                     - log_expected_count(sampled, num_sampled, vocab_size))
   sampled_logits = jnp.where(sampled[None, :] == targets[:, None], -jnp.inf, sampled_logits)
   logits = jnp.concatenate([true_logit[:, None], sampled_logits], axis=1)
@@ -610,11 +610,11 @@ def sampled_softmax(states: Array, targets: Array, kernel: Array, bias: Array, r
   return losses, true_logit > jnp.max(sampled_logits, axis=1)
 
 
-def full_softmax(states: Array, targets: Array, kernel: Array, bias: Array,
+def full_softmax(states: Array, targets: Array, weights: Array, bias: Array,
                  chunk: int = 1024) -> tuple[Array, Array]:
   """The softmax over every word: (N, H) states and (N,) targets -> (N,) losses and whether
-  the most likely word is the target. Computed `chunk` states at a time, so that the (N, V)
-  logits never exist whole."""
+  the most likely word is the target; weights (V, H) and bias (V,). Computed `chunk` states at
+  a time, so that the (N, V) logits never exist whole."""
   n = states.shape[0]
   padded = -(-n // chunk) * chunk
   states = jnp.pad(states, ((0, padded - n), (0, 0))).reshape(-1, chunk, states.shape[1])
@@ -622,7 +622,7 @@ def full_softmax(states: Array, targets: Array, kernel: Array, bias: Array,
 
   def one_chunk(xs):
     h, t = xs
-    logits = h @ kernel + bias
+    logits = h @ weights.T + bias
     target_logit = jnp.take_along_axis(logits, t[:, None], axis=1)[:, 0]
     return (jax.nn.logsumexp(logits, axis=1) - target_logit,
             jnp.argmax(logits, axis=1) == t)
@@ -683,14 +683,15 @@ class LanguageModel(nn.Module):
       real.append(mask[:, 1:])
     states = jnp.concatenate(states, axis=1).astype(jnp.float32)
     targets, real = jnp.concatenate(targets, axis=1), jnp.concatenate(real, axis=1)
-    kernel = self.param("kernel", glorot_uniform, (self.lstm_units, self.vocab_size))
-    bias = self.param("bias", nn.initializers.zeros, (self.vocab_size,))
+    # One row per word, as an embedding: the sampled softmax reads the rows it needs.
+    weights = self.param("softmax_weights", glorot_uniform, (self.vocab_size, self.lstm_units))
+    bias = self.param("softmax_bias", nn.initializers.zeros, (self.vocab_size,))
     flat_states = states.reshape(-1, self.lstm_units)
     if train and self.sampled_words:
-      losses, correct = sampled_softmax(flat_states, targets.reshape(-1), kernel, bias,
+      losses, correct = sampled_softmax(flat_states, targets.reshape(-1), weights, bias,
                                         self.make_rng("dropout"), self.sampled_words)
     else:
-      losses, correct = full_softmax(flat_states, targets.reshape(-1), kernel, bias)
+      losses, correct = full_softmax(flat_states, targets.reshape(-1), weights, bias)
     return losses.reshape(targets.shape), correct.reshape(targets.shape), real
 
 

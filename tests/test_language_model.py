@@ -106,10 +106,10 @@ def test_full_softmax_in_chunks_equals_the_whole_softmax():
   rng = np.random.default_rng(0)
   states = jnp.asarray(rng.normal(size=(37, 5)), jnp.float32)
   targets = jnp.asarray(rng.integers(0, 11, 37))
-  kernel = jnp.asarray(rng.normal(size=(5, 11)), jnp.float32)
+  weights = jnp.asarray(rng.normal(size=(11, 5)), jnp.float32)
   bias = jnp.asarray(rng.normal(size=11), jnp.float32)
-  losses, correct = models.full_softmax(states, targets, kernel, bias, chunk=8)
-  logits = states @ kernel + bias
+  losses, correct = models.full_softmax(states, targets, weights, bias, chunk=8)
+  logits = states @ weights.T + bias
   want = jax.nn.logsumexp(logits, axis=1) - logits[jnp.arange(37), targets]
   np.testing.assert_allclose(losses, want, rtol=1e-6, atol=1e-6)
   np.testing.assert_array_equal(correct, jnp.argmax(logits, axis=1) == targets)
@@ -128,15 +128,15 @@ def test_sampled_softmax_leaves_out_draws_of_the_target_and_corrects_for_their_c
   rng = np.random.default_rng(1)
   states = jnp.asarray(rng.normal(size=(6, 4)), jnp.float32)
   targets = jnp.array([0, 1, 2, 3, 7, 9])
-  kernel = jnp.asarray(rng.normal(size=(4, 10)), jnp.float32)
+  weights = jnp.asarray(rng.normal(size=(10, 4)), jnp.float32)
   bias = jnp.asarray(rng.normal(size=10), jnp.float32)
   key = jax.random.PRNGKey(3)
-  losses, beat = models.sampled_softmax(states, targets, kernel, bias, key, 5)
+  losses, beat = models.sampled_softmax(states, targets, weights, bias, key, 5)
   sampled = np.asarray(models.log_uniform_sample(key, 5, 10))
   assert np.isin(targets, sampled).any()  # The case this test is about occurs.
 
   def corrected(h, word):
-    return float(h @ kernel[:, word] + bias[word]
+    return float(h @ weights[word] + bias[word]
                  - models.log_expected_count(jnp.array(word), 5, 10))
 
   for h, t, loss, won in zip(states, np.asarray(targets), losses, beat):
@@ -163,8 +163,8 @@ def test_classifier_starts_from_the_language_models_vocabulary_embedding_and_lst
     tiny_data_dir, tmp_path, lm_workdir):
   config = classifier_config(tiny_data_dir, tmp_path, init_from=str(lm_workdir))
   start = pretrained.load(str(lm_workdir), config)
-  # The language model's softmax (kernel, bias) has no counterpart in the classifier.
-  assert set(start.params) == {"embedding", "bidirectional", "kernel", "bias"}
+  # The language model's softmax has no counterpart in the classifier.
+  assert set(start.params) == {"embedding", "bidirectional", "softmax_weights", "softmax_bias"}
   state = train.create_train_state(config, models.create_model(config), jax.random.PRNGKey(0),
                                    start=start)
   fresh = train.create_train_state(config, models.create_model(config), jax.random.PRNGKey(0))
