@@ -394,9 +394,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   state = jax.device_put(
       create_train_state(config, model, init_rng, steps_per_epoch, data.train, start),
       replicated)
-  if start is not None:
-    logging.info("Embedding and LSTM layers from the language model in %s (step %d).",
-                 start.workdir, start.step)
   dropout_rng = jax.device_put(dropout_rng, replicated)
   num_params = models.count_params(state.params)
   sharded_train_step = jit_train_step(devices, config.adversarial_epsilon,
@@ -418,10 +415,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     if restored:
       state, epoch_metrics = restored
       logging.info("Resumed from the checkpoint at step %d.", int(state.step))
+    elif start is not None:
+      logging.info("Embedding and LSTM layers from the language model in %s (step %d).",
+                   start.workdir, start.step)
     start_step = int(state.step)
     history = workdir_lib.read_history(workdir, start_step // steps_per_epoch)
     if is_main:
       workdir_lib.write_history(workdir, history)
+      if start is not None and start_step == 0:  # Which pretrained step this run started from.
+        workdir_lib.write_json(os.path.join(workdir, workdir_lib.INIT_FROM),
+                               {"workdir": start.workdir, "step": start.step})
 
     writer = metric_writers.create_default_writer(workdir, just_logging=not is_main)
     stack.callback(writer.close)
@@ -512,6 +515,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                    final_test["test_loss"])
 
   results = _results(config, num_params, data, history, final_test)
+  init_from = os.path.join(workdir, workdir_lib.INIT_FROM)
+  if os.path.exists(init_from):
+    with open(init_from) as f:
+      results["init_from"] = json.load(f)
   if is_main:
     workdir_lib.write_json(os.path.join(workdir, workdir_lib.RESULTS), results)
   if "test_accuracy" in results:

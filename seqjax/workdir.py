@@ -1,6 +1,7 @@
 """A run's workdir: what it holds, whether a config may resume it, and its metrics history.
 
   config.json, vocabulary.json   what the run computes, and how it reads text
+  init_from.json                 with init_from: the language model checkpoint it started from
   metrics.jsonl, results.json    one record per epoch; the summary at the end
   checkpoints/, best_checkpoint/ orbax checkpoints (best_checkpoint/ only with validation)
   events.out.tfevents.*          TensorBoard summaries
@@ -21,10 +22,11 @@ CONFIG = "config.json"
 VOCABULARY = "vocabulary.json"
 METRICS = "metrics.jsonl"
 RESULTS = "results.json"
+INIT_FROM = "init_from.json"
 CHECKPOINTS = "checkpoints"
 BEST_CHECKPOINT = "best_checkpoint"
 # What a run writes; `--overwrite` removes these (and TensorBoard events) and nothing else.
-RUN_FILES = (CONFIG, VOCABULARY, METRICS, RESULTS, CHECKPOINTS, BEST_CHECKPOINT,
+RUN_FILES = (CONFIG, VOCABULARY, INIT_FROM, METRICS, RESULTS, CHECKPOINTS, BEST_CHECKPOINT,
              f"{CHECKPOINTS}-unreadable", f"{BEST_CHECKPOINT}-unreadable")
 
 # Keys that change how a run is named, watched or stored, not what it computes: a workdir may

@@ -178,6 +178,7 @@ def test_classifier_starts_from_the_language_models_vocabulary_embedding_and_lst
 
   results = train.train_and_evaluate(config, str(tmp_path / "classifier"))
   assert np.isfinite(results["test_loss"])
+  assert results["init_from"] == {"workdir": str(lm_workdir), "step": start.step}
   lm_words = json.loads((lm_workdir / workdir_lib.VOCABULARY).read_text())["words"]
   words = json.loads((tmp_path / "classifier" / workdir_lib.VOCABULARY).read_text())["words"]
   assert words == lm_words
