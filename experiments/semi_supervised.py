@@ -33,6 +33,7 @@ from absl import app, flags
 
 from common import RESULTS, ROOT, launch, machine
 from seqjax import config as config_lib
+from seqjax import input_pipeline, models
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir_root", "runs/semi_supervised", "Folder for the runs' workdirs.")
@@ -87,10 +88,21 @@ def run(name: str, uses_lm: bool, overrides: dict) -> dict:
   return record
 
 
-def select() -> list[tuple[str, str, bool, dict, dict]]:
-  """Each trial's (name, change, uses_lm, overrides, result) on validation."""
-  return [(name, change, uses_lm, overrides, run(name, uses_lm, {**overrides, **SELECTION}))
-          for name, change, uses_lm, overrides in TRIALS]
+def select(report: list[str]) -> list[tuple[str, str, bool, dict, dict]]:
+  """Each trial's (name, change, uses_lm, overrides, result) on validation; the table so far
+  is written after each, below `report`."""
+  trials = []
+  for name, change, uses_lm, overrides in TRIALS:
+    trials.append((name, change, uses_lm, overrides,
+                   run(name, uses_lm, {**overrides, **SELECTION})))
+    write(report + selection_section(trials))
+  return trials
+
+
+def write(lines: list[str]) -> None:
+  text = "\n".join(lines)
+  (RESULTS / "semi_supervised.md").write_text(text)
+  print(text)
 
 
 def finals(trial: tuple, prefix: str) -> tuple[list[dict], str]:
@@ -125,13 +137,17 @@ def plot_perplexity(epochs: list[dict]) -> str:
 
 def pretraining_section(epochs: list[dict]) -> list[str]:
   lm = config_lib.from_file(LANGUAGE_MODEL)
+  data = input_pipeline.load_data(lm)  # From the cache the run wrote.
+  unigram = models.unigram_perplexity(data.train.inputs, data.validation.inputs, lm.top_words,
+                                      lm.bidirectional)
   total = sum(e["train_seconds"] for e in epochs)
   return [
       "## Pretraining: configs/language_model.py", "",
       f"{lm.lstm_units}-unit LSTMs, {'both directions' if lm.bidirectional else 'forward'}, "
       f"over {lm.top_words:,} words; text of the train and unsupervised splits, "
-      f"{lm.validation_size:,} reviews held out for the perplexity (full softmax). "
-      f"{len(epochs)} epoch(s) so far, {hours(total)} h of training.", "",
+      f"{lm.validation_size:,} reviews held out for the perplexity (full softmax; each word's "
+      f"frequency in the training text alone gives {unigram:.0f}). {len(epochs)} epoch(s) so "
+      f"far, {hours(total)} h of training.", "",
       f"![perplexity]({plot_perplexity(epochs)})", "",
       "| epoch | held-out perplexity | held-out next-word accuracy % | train loss (sampled "
       "softmax) | train s | eval s |",
@@ -175,7 +191,7 @@ def main(argv):
            "(module docstring).", ""]
   lines += pretraining_section(pretrain())
   if FLAGS.stop_after != "pretrain":
-    trials = select()
+    trials = select(lines)
     lines += selection_section(trials)
     if FLAGS.stop_after == "final":
       score = lambda t: t[4]["best_epoch_validation_accuracy"]  # noqa: E731
@@ -185,9 +201,7 @@ def main(argv):
       alone = max((t for t in trials if t[2] and "ngram_order" not in t[3]), key=score)
       if alone is not best:
         lines += finals_section("The best with the LSTM alone", alone, *finals(alone, "lstm"))
-  text = "\n".join(lines)
-  (RESULTS / "semi_supervised.md").write_text(text)
-  print(text)
+  write(lines)
 
 
 if __name__ == "__main__":

@@ -695,6 +695,23 @@ class LanguageModel(nn.Module):
     return losses.reshape(targets.shape), correct.reshape(targets.shape), real
 
 
+def predicted_words(tokens: np.ndarray, bidirectional: bool) -> np.ndarray:
+  """The ids a LanguageModel predicts in (N, T) reviews (words first): each word after the
+  first, and with `bidirectional` each word before the last too; flattened."""
+  real = tokens[:, 1:] != PAD_ID
+  words = [tokens[:, 1:][real]] + ([tokens[:, :-1][real]] if bidirectional else [])
+  return np.concatenate(words)
+
+
+def unigram_perplexity(train_tokens: np.ndarray, tokens: np.ndarray, vocab_size: int,
+                       bidirectional: bool) -> float:
+  """The perplexity on `tokens` (N, T) of each word's frequency among `train_tokens`' (add-one
+  smoothed): what a language model must beat to have learnt more than word counts."""
+  counts = np.bincount(predicted_words(train_tokens, bidirectional), minlength=vocab_size) + 1.0
+  p = counts / counts.sum()
+  return float(np.exp(-np.mean(np.log(p[predicted_words(tokens, bidirectional)]))))
+
+
 def create_model(config: ml_collections.ConfigDict) -> "Classifier | LanguageModel":
   """The classifier (or with task='language_model', the language model) a config describes."""
   if config.task == "language_model":

@@ -45,14 +45,6 @@ def lm_workdir(tiny_data_dir, tmp_path_factory):
   return workdir
 
 
-def unigram_perplexity(split, reference) -> float:
-  """The perplexity on `split`'s words of each word's frequency in `reference`'s."""
-  def words(s):
-    return s.inputs[:, 1:][s.inputs[:, 1:] != 0]
-  p = np.bincount(words(reference), minlength=reference.inputs.max() + 1) / words(reference).size
-  return float(np.exp(-np.mean(np.log(p[words(split)]))))
-
-
 def test_language_model_learns_the_text_and_reports_perplexity(tiny_data_dir, tmp_path,
                                                                lm_workdir):
   results = json.loads((lm_workdir / workdir_lib.RESULTS).read_text())
@@ -60,7 +52,7 @@ def test_language_model_learns_the_text_and_reports_perplexity(tiny_data_dir, tm
   # tiny_reviews are mostly 10 filler words drawn at random: their unigram frequencies are
   # nearly all there is to learn. A uniform guess over the 30 ids would give 30.
   data = input_pipeline.load_data(lm_config(tiny_data_dir, tmp_path))
-  unigram = unigram_perplexity(data.validation, data.train)
+  unigram = models.unigram_perplexity(data.train.inputs, data.validation.inputs, 30, True)
   assert last["validation_perplexity"] < min(first["validation_perplexity"], 1.1 * unigram)
   assert last["validation_perplexity"] == pytest.approx(np.exp(last["validation_loss"]))
   assert results["best_epoch"] == 3 and "test_accuracy" not in results
