@@ -13,8 +13,8 @@ before the tutorial configs took Keras' Adam (`config_lib.tutorial_config`).
 
 Each run is `python -m seqjax.main` in a fresh process with config.optimizer=<optimizer>, in
 <workdir_root>/<folder>/seed_<seed>, where <folder> is the model, with _<optimizer> appended
-unless the optimizer is optax's 'adam', and _<tag> with --tag. A finished run is not trained again (an interrupted one
-resumes). Each run's results.json is copied to
+unless the optimizer is optax's 'adam', and _<tag> with --tag. A finished run is not trained
+again (an interrupted one resumes). Each run's results.json is copied to
 experiments/results/runs/<folder>/seed_<seed>.json, with the commit that trained it, and
 everything else is built from those copies: experiments/results/<study>.md (per-seed rows
 and a mean ± std summary beside Keras 3 on the same data and the tutorial's own figures) and
