@@ -80,9 +80,12 @@ def save_record(name: str, record: dict) -> None:
 
 
 def run(name: str, uses_lm: bool, overrides: dict) -> dict:
+  """Trains (or reads) a classifier run. One that starts from the language model is named
+  after its number of epochs too (`<name>_lm<epochs>`): more pretraining makes a new run."""
   overrides = {**overrides, "validation_groups": FLAGS.movies}
   if uses_lm:
     overrides["init_from"] = str(workdir("language_model"))
+    name = f"{name}_lm{FLAGS.lm_epochs}"
   record = launch(CLASSIFIER, workdir(name), overrides)
   save_record(name, record)
   return record
