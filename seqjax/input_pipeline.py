@@ -6,14 +6,13 @@ into a vocabulary on the training examples only, encoded and padded. The result 
 """
 
 import dataclasses
-import functools
 import hashlib
 import json
 import os
 import socket
 import urllib.parse
 import zipfile
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator
 
 import ml_collections
 import numpy as np
@@ -195,9 +194,20 @@ def _cache_key(config: ml_collections.ConfigDict, data_dir: str,
 
 def _encode(config: ml_collections.ConfigDict, sources: dict,
             vocabulary: tokenizer.Vocabulary | None) -> dict[str, np.ndarray]:
-  """The classifier's splits, encoded with `vocabulary`, else with one ranked on the
-  training examples."""
-  train_tokens, train_labels = _read(sources[config.train_split], 0)
+  """The splits, encoded with `vocabulary`, else with one ranked on the training examples.
+
+  A classifier's training examples are its train split's; a language model's are the reviews
+  of `lm_splits`, labels unread (zeros), and its test split is empty: the evaluation split's
+  text is never read. Either holds `validation_size` of them out for validation.
+  """
+  if config.task == "language_model":
+    train_tokens = [t for split in config_lib.lm_splits(config)
+                    for t in _read(sources[split], 0, labelled=False)[0]]
+    train_labels = np.zeros(len(train_tokens), np.int32)
+    test_tokens, test_labels = [], np.zeros(0, np.int32)
+  else:
+    train_tokens, train_labels = _read(sources[config.train_split], 0)
+    test_tokens, test_labels = _read(sources[config.eval_split], config.max_eval_examples)
   validation_index = np.zeros(0, dtype=np.int64)
   if config.validation_size:
     if config.validation_size >= len(train_labels):
@@ -208,12 +218,15 @@ def _encode(config: ml_collections.ConfigDict, sources: dict,
   train_index = np.setdiff1d(np.arange(len(train_labels)), validation_index)
   if config.max_train_examples:
     train_index = train_index[:config.max_train_examples]
-  test_tokens, test_labels = _read(sources[config.eval_split], config.max_eval_examples)
 
   if vocabulary is None:
     vocabulary = tokenizer.Vocabulary.build((train_tokens[i] for i in train_index),
                                             config.top_words)
-  encode = functools.partial(_pad, config, vocabulary)
+
+  def encode(token_lists) -> np.ndarray:
+    return tokenizer.pad_sequences([vocabulary.encode(t) for t in token_lists],
+                                   config.max_length, config.padding, config.truncating)
+
   return dict(
       train_inputs=encode(train_tokens[i] for i in train_index),
       train_labels=train_labels[train_index],
@@ -221,40 +234,6 @@ def _encode(config: ml_collections.ConfigDict, sources: dict,
       validation_labels=train_labels[validation_index],
       test_inputs=encode(test_tokens),
       test_labels=test_labels,
-      words=np.array(vocabulary.words, dtype=str),
-  )
-
-
-def _pad(config: ml_collections.ConfigDict, vocabulary: tokenizer.Vocabulary,
-         token_lists: Iterable[Sequence[str]]) -> np.ndarray:
-  """(N, max_length) ids of tokenized texts, padded and truncated as the config says."""
-  return tokenizer.pad_sequences([vocabulary.encode(t) for t in token_lists],
-                                 config.max_length, config.padding, config.truncating)
-
-
-def _encode_text(config: ml_collections.ConfigDict, sources: dict) -> dict[str, np.ndarray]:
-  """The language model's reviews: those of `lm_splits`, with `validation_size` of them held
-  out at random, encoded with a vocabulary ranked on the rest. No labels are read, and no
-  text of the evaluation split: its arrays are empty."""
-  tokens = [t for split in config_lib.lm_splits(config)
-            for t in _read(sources[split], 0, labelled=False)[0]]
-  if config.validation_size >= len(tokens):
-    raise DataError(f"validation_size={config.validation_size} leaves no text for the "
-                    f"language model out of {len(tokens)} reviews; use a smaller value.")
-  validation_index = validation_examples(len(tokens), config.validation_size)
-  train_index = np.setdiff1d(np.arange(len(tokens)), validation_index)
-  if config.max_train_examples:
-    train_index = train_index[:config.max_train_examples]
-  vocabulary = tokenizer.Vocabulary.build((tokens[i] for i in train_index), config.top_words)
-  encode = functools.partial(_pad, config, vocabulary)
-  no_labels = functools.partial(np.zeros, dtype=np.int32)
-  return dict(
-      train_inputs=encode(tokens[i] for i in train_index),
-      train_labels=no_labels(len(train_index)),
-      validation_inputs=encode(tokens[i] for i in validation_index),
-      validation_labels=no_labels(len(validation_index)),
-      test_inputs=np.zeros((0, config.max_length), np.int32),
-      test_labels=no_labels(0),
       words=np.array(vocabulary.words, dtype=str),
   )
 
@@ -288,9 +267,8 @@ def load_data(config: ml_collections.ConfigDict,
               vocabulary: tokenizer.Vocabulary | None = None) -> Data:
   """Train, validation (if `validation_size`) and test splits, encoded; cached on disk.
 
-  A classifier's words are ranked on its training examples, unless `vocabulary` is given (a
-  pretrained model's). A language model's splits are its text (`_encode_text`), and its
-  test split is empty.
+  Words are ranked on the training examples, unless `vocabulary` is given (a pretrained
+  model's). A language model's splits are its text, and its test split is empty (`_encode`).
   """
   data_dir = resolve_data_dir(config.data_dir)
   key = _cache_key(config, data_dir, vocabulary)
@@ -300,8 +278,7 @@ def load_data(config: ml_collections.ConfigDict,
     sources = _open_sources(config)
     logging.info("Tokenizing %s from %s (cached afterwards in %s).", config.dataset, data_dir,
                  path)
-    arrays = (_encode_text(config, sources) if config.task == "language_model"
-              else _encode(config, sources, vocabulary))
+    arrays = _encode(config, sources, vocabulary)
     try:
       _save_cache(path, arrays)
     except OSError as e:
