@@ -7,8 +7,9 @@
    for 32, 64 and 128 rows (a 64 or 256 batch split over 2 cores, and unsplit). CPU time of
    the calling thread, best of 5 runs of 2000 calls.
 2. The kernel's whole passes over 500 steps at E = 32, H = 100 (input projection included), as
-   the train step (B = 64) and inference (B = 256) call them: wall time, median of
-   `repeats` (the argument, default 10) calls, with all threads.
+   the train step (B = 64) and inference (B = 256) call them, and a training pass of
+   `models.lstm_layer` (the forward, the backward loop and the weights' gradients): wall time,
+   median of `repeats` (the argument, default 10) calls, with all threads.
 """
 
 import os
@@ -103,7 +104,7 @@ def time_passes(repeats: int) -> None:
   import jax.numpy as jnp
   import numpy as np
 
-  from seqjax import native_lstm
+  from seqjax import models, native_lstm
   if native_lstm.unavailable_reason():
     sys.exit(f"The kernel is unavailable: {native_lstm.unavailable_reason()}")
 
@@ -125,12 +126,12 @@ def time_passes(repeats: int) -> None:
     run = jax.jit(lambda inputs, residuals: native_lstm.forward(
         None, recurrent_kernel, None, None, False, sequences=False, residuals=residuals,
         projection=(inputs, kernel, bias)), static_argnums=1)
-    h, hs, cs, gates = run(inputs, True)
-    backward = jax.jit(lambda *a: native_lstm.backward(
-        *a, recurrent_kernel, None, None, h, False, False, projection=(inputs, kernel)))
+    loss = lambda *weights: models.lstm_layer(inputs, *weights, None, None, False, False).sum()
+    train = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2)))
     times = {"inference forward": median_seconds(lambda: run(inputs, False)),
              "training forward (with residuals)": median_seconds(lambda: run(inputs, True)),
-             "backward": median_seconds(lambda: backward(gates, cs, hs))}
+             "training forward and backward": median_seconds(
+                 lambda: train(kernel, bias, recurrent_kernel))}
     for name, seconds in times.items():
       print(f"B={batch:3d} T={STEPS} H={UNITS} {name:34s} {seconds * 1e3:6.1f} ms "
             f"({seconds / STEPS * 1e6:5.1f} us a step)", flush=True)

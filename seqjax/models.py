@@ -148,16 +148,10 @@ def _lstm_recurrence_fwd(xw, recurrent_kernel, mask, recurrent_mask, reverse, re
 def _lstm_recurrence_bwd(reverse, return_sequences, native, saved, grad):
   (gate_tanh, cs, hs), recurrent_kernel, mask, recurrent_mask = saved
   if native:
-    dxw, d_recurrent_kernel, _, _, _ = native_lstm.backward(
-        gate_tanh, cs, hs, recurrent_kernel, mask, recurrent_mask, grad, reverse,
-        return_sequences)
-    return dxw, d_recurrent_kernel, None, None
-  zeros = jnp.zeros_like(cs[:1])
-  # The state each step started from, in time order: the previous step's, or the next one's
-  # when the scan ran backwards.
-  before = ((lambda s: jnp.concatenate([s[1:], zeros])) if reverse
-            else (lambda s: jnp.concatenate([zeros, s[:-1]])))
-  c_before, h_before = before(cs), before(hs)
+    dxw, _ = native_lstm.backward(gate_tanh, cs, recurrent_kernel, mask, recurrent_mask, grad,
+                                  reverse, return_sequences)
+    return dxw, recurrent_kernel_gradient(hs, dxw, recurrent_mask, reverse), None, None
+  c_before = state_before(cs, reverse)
   scale = gate_scale(cs.shape[-1], cs.dtype)
   recurrent_kernel_t = recurrent_kernel.T  # Transposed once, not read across at every step.
 
@@ -181,15 +175,30 @@ def _lstm_recurrence_bwd(reverse, return_sequences, native, saved, grad):
       dh_prev, dc_prev = jnp.where(keep, dh_prev, dh), jnp.where(keep, dc_prev, dc)
     return (dh_prev, dc_prev), dz
 
-  dh_final = jnp.zeros_like(zeros[0]) if return_sequences else grad
+  dh_final = jnp.zeros_like(cs[0]) if return_sequences else grad
   _, dxw = jax.lax.scan(step, (dh_final, jnp.zeros_like(dh_final)),
                         (gate_tanh, cs, c_before, mask, grad if return_sequences else None),
                         reverse=not reverse)
+  return dxw, recurrent_kernel_gradient(hs, dxw, recurrent_mask, reverse), None, None
+
+
+def state_before(states: Array, reverse: bool) -> Array:
+  """The state (T, B, H) each step started from, in time order: the previous step's, or the
+  next one's when the recurrence ran backwards; zeros for the first."""
+  zeros = jnp.zeros_like(states[:1])
+  return (jnp.concatenate([states[1:], zeros]) if reverse
+          else jnp.concatenate([zeros, states[:-1]]))
+
+
+def recurrent_kernel_gradient(hs: Array, dxw: Array, recurrent_mask: Array | None,
+                              reverse: bool) -> Array:
+  """d recurrent_kernel (H, 4H) from every step's h (T, B, H) and d xw (T, B, 4H): one large
+  matmul over all steps, after the backward loop rather than a small one inside it."""
+  h_before = state_before(hs, reverse)
   if recurrent_mask is not None:
     h_before = h_before * recurrent_mask
-  units = cs.shape[-1]
-  d_recurrent_kernel = h_before.reshape(-1, units).T @ dxw.reshape(-1, 4 * units)
-  return dxw, d_recurrent_kernel, None, None
+  units = hs.shape[-1]
+  return h_before.reshape(-1, units).T @ dxw.reshape(-1, 4 * units)
 
 
 _lstm_recurrence.defvjp(_lstm_recurrence_fwd, _lstm_recurrence_bwd)
@@ -232,10 +241,11 @@ def _projected_native_fwd(inputs, kernel, bias, recurrent_kernel, mask, recurren
 
 def _projected_native_bwd(reverse, return_sequences, saved, grad):
   ((gate_tanh, cs, hs), recurrent_kernel, mask, recurrent_mask), inputs, kernel = saved
-  _, d_recurrent_kernel, d_inputs, d_kernel, d_bias = native_lstm.backward(
-      gate_tanh, cs, hs, recurrent_kernel, mask, recurrent_mask, grad, reverse,
-      return_sequences, projection=(inputs, kernel))
-  return d_inputs, d_kernel, d_bias, d_recurrent_kernel, None, None
+  dxw, d_inputs = native_lstm.backward(gate_tanh, cs, recurrent_kernel, mask, recurrent_mask,
+                                       grad, reverse, return_sequences, kernel=kernel)
+  d_kernel = inputs.reshape(-1, inputs.shape[-1]).T @ dxw.reshape(-1, dxw.shape[-1])
+  return (d_inputs, d_kernel, dxw.sum((0, 1)),
+          recurrent_kernel_gradient(hs, dxw, recurrent_mask, reverse), None, None)
 
 
 _projected_native_recurrence.defvjp(_projected_native_fwd, _projected_native_bwd)

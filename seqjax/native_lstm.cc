@@ -36,7 +36,6 @@ typedef float v8u __attribute__((vector_size(32), aligned(4)));
 
 constexpr int kRows = 6;     // Rows of a micro-kernel block.
 constexpr int kPanel = 16;   // Columns of a panel: two v8.
-constexpr long kDepth = 256;  // Rows of the weight-gradient matmul's operands per pass.
 
 inline v8 Load(const float* p) { return *reinterpret_cast<const v8u*>(p); }
 inline void Store(float* p, v8 v) { *reinterpret_cast<v8u*>(p) = v; }
@@ -336,86 +335,21 @@ ffi::Error LstmForwardImpl(ffi::Buffer<ffi::F32> xw, ffi::Buffer<ffi::F32> recur
   return ffi::Error::Success();
 }
 
-// out (M, G) = a^T @ dz, for a (depth, M) and dz (depth, G) row-major: the weight gradients, sums
-// over every step and row, in passes of kDepth rows; the 16-column panels are split between the
-// threads.
-void TransposedMatmul(long depth, long M, const float* a, const float* dz, long G, float* out) {
-  std::fill(out, out + M * G, 0.0f);
-  const long full_panels = G / kPanel;
-  ParallelFor(full_panels + 1, 1, [&](long p0, long p1) {
-    const long panels = std::min(p1, full_panels) - p0;
-    for (long k0 = 0; k0 < depth; k0 += kDepth) {
-      const long chunk = std::min(kDepth, depth - k0);
-      if (panels > 0) {
-        Matmul(M, chunk, a + k0 * M, 1, M, dz + k0 * G + p0 * kPanel, panels, kPanel, G,
-               out + p0 * kPanel, G, true);
-      }
-      if (p1 == full_panels + 1) {  // The columns beyond the last full panel.
-        for (long m = 0; m < M; ++m) {
-          for (long j = full_panels * kPanel; j < G; ++j) {
-            float acc = out[m * G + j];
-            for (long k = k0; k < k0 + chunk; ++k) acc += a[k * M + m] * dz[k * G + j];
-            out[m * G + j] = acc;
-          }
-        }
-      }
-    }
-  });
-}
-
-// out (G,) = the sum of dz's (depth, G) rows, in row order; columns split between the threads.
-void ColumnSums(long depth, const float* dz, long G, float* out) {
-  std::fill(out, out + G, 0.0f);
-  ParallelFor(G, kPanel, [&](long j0, long j1) {
-    for (long k = 0; k < depth; ++k) {
-      for (long j = j0; j < j1; ++j) out[j] += dz[k * G + j];
-    }
-  });
-}
-
-// d recurrent_kernel (H, 4H) = sum over steps and rows of (h_before * recurrent_mask)^T dz.
-void RecurrentKernelGradient(const Shapes& s, const float* hs, const float* recurrent_mask,
-                             const float* dxw, bool reverse, float* out) {
-  const long H = s.units, G = 4 * H, B = s.batch;
-  if (s.steps < 2) {  // Every step started from the zero state.
-    std::fill(out, out + H * G, 0.0f);
-    return;
-  }
-  const long depth = (s.steps - 1) * B;
-  // Forward: step t started from hs[t - 1]; reverse: from hs[t + 1].
-  const float* h_before = reverse ? hs + B * H : hs;
-  const float* dz = reverse ? dxw : dxw + B * G;
-  std::vector<float> masked;
-  if (recurrent_mask) {
-    masked.resize(depth * H);
-    for (long k = 0; k < depth; ++k) {
-      const float* rm = recurrent_mask + (k % B) * H;
-      for (long j = 0; j < H; ++j) masked[k * H + j] = h_before[k * H + j] * rm[j];
-    }
-    h_before = masked.data();
-  }
-  TransposedMatmul(depth, H, h_before, dz, G, out);
-}
-
-// With inputs (T, B, E) and kernel (E, 4H) (else empty), also the gradients of the projection
-// xw = inputs @ kernel + bias: d inputs, d kernel and d bias.
+// d xw and, with the input kernel (E, 4H) (else empty), d inputs (T, B, E). The weights'
+// gradients are large matmuls over every step, left to XLA (models.lstm_weight_gradients).
 ffi::Error LstmBackwardImpl(ffi::Buffer<ffi::F32> gates, ffi::Buffer<ffi::F32> cs,
-                            ffi::Buffer<ffi::F32> hs, ffi::Buffer<ffi::F32> recurrent_kernel,
-                            ffi::Buffer<ffi::PRED> mask, ffi::Buffer<ffi::F32> recurrent_mask,
-                            ffi::Buffer<ffi::F32> dh_final, ffi::Buffer<ffi::F32> dhs,
-                            ffi::Buffer<ffi::F32> inputs, ffi::Buffer<ffi::F32> kernel,
+                            ffi::Buffer<ffi::F32> recurrent_kernel, ffi::Buffer<ffi::PRED> mask,
+                            ffi::Buffer<ffi::F32> recurrent_mask, ffi::Buffer<ffi::F32> dh_final,
+                            ffi::Buffer<ffi::F32> dhs, ffi::Buffer<ffi::F32> kernel,
                             int32_t reverse, ffi::ResultBuffer<ffi::F32> dxw,
-                            ffi::ResultBuffer<ffi::F32> d_recurrent_kernel,
-                            ffi::ResultBuffer<ffi::F32> d_inputs,
-                            ffi::ResultBuffer<ffi::F32> d_kernel,
-                            ffi::ResultBuffer<ffi::F32> d_bias) {
+                            ffi::ResultBuffer<ffi::F32> d_inputs) {
   const auto dims = cs.dimensions();
   if (dims.size() != 3) return ffi::Error::InvalidArgument("cs must be (T, B, H)");
   const Shapes s{dims[0], dims[1], dims[2]};
   const long G = 4 * s.units;
   const std::vector<float> packed_t = Pack(recurrent_kernel.typed_data(), G, s.units, true);
-  const bool project = inputs.element_count() != 0;
-  const long features = project ? inputs.dimensions()[2] : 0;
+  const bool project = kernel.element_count() != 0;
+  const long features = project ? kernel.dimensions()[0] : 0;
   const std::vector<float> kernel_t =
       project ? Pack(kernel.typed_data(), G, features, true) : std::vector<float>();
   const bool* m = mask.element_count() ? mask.typed_data() : nullptr;
@@ -427,13 +361,6 @@ ffi::Error LstmBackwardImpl(ffi::Buffer<ffi::F32> gates, ffi::Buffer<ffi::F32> c
                  reverse != 0, dh, dh_seq, dxw->typed_data(), features, kernel_t.data(),
                  project ? d_inputs->typed_data() : nullptr);
   });
-  RecurrentKernelGradient(s, hs.typed_data(), rm, dxw->typed_data(), reverse != 0,
-                          d_recurrent_kernel->typed_data());
-  if (project) {
-    TransposedMatmul(s.steps * s.batch, features, inputs.typed_data(), dxw->typed_data(), G,
-                     d_kernel->typed_data());
-    ColumnSums(s.steps * s.batch, dxw->typed_data(), G, d_bias->typed_data());
-  }
   return ffi::Error::Success();
 }
 
@@ -448,6 +375,5 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(
     SeqjaxLstmBackward, LstmBackwardImpl,
-    ffi::Ffi::Bind().Arg<F32>().Arg<F32>().Arg<F32>().Arg<F32>().Arg<Pred>().Arg<F32>()
-        .Arg<F32>().Arg<F32>().Arg<F32>().Arg<F32>().Attr<int32_t>("reverse").Ret<F32>()
-        .Ret<F32>().Ret<F32>().Ret<F32>().Ret<F32>());
+    ffi::Ffi::Bind().Arg<F32>().Arg<F32>().Arg<F32>().Arg<Pred>().Arg<F32>().Arg<F32>()
+        .Arg<F32>().Arg<F32>().Attr<int32_t>("reverse").Ret<F32>().Ret<F32>());

@@ -186,27 +186,25 @@ def forward(xw: Array | None, recurrent_kernel: Array, mask: Array | None,
       _optional(recurrent_mask, f32), inputs, kernel, bias, reverse=np.int32(reverse))
 
 
-def backward(gate_tanh: Array, cs: Array, hs: Array, recurrent_kernel: Array,
-             mask: Array | None, recurrent_mask: Array | None, grad: Array, reverse: bool,
-             sequences: bool, projection: tuple[Array, Array] | None = None
-             ) -> tuple[Array, Array, Array, Array, Array]:
-  """`forward`'s gradient: from its residuals and the gradient of its output, grad (B, H), or
-  (T, B, H) with `sequences` -> d xw (T, B, 4H) and d recurrent_kernel (H, 4H); then, given the
-  `projection`'s inputs (T, B, E) and kernel (E, 4H), d inputs, d kernel and d bias (4H,)
-  (else three empty arrays).
+def backward(gate_tanh: Array, cs: Array, recurrent_kernel: Array, mask: Array | None,
+             recurrent_mask: Array | None, grad: Array, reverse: bool, sequences: bool,
+             kernel: Array | None = None) -> tuple[Array, Array]:
+  """`forward`'s gradient through the time loop: from its residuals and the gradient of its
+  output, grad (B, H), or (T, B, H) with `sequences` -> d xw (T, B, 4H) and, given the
+  projection's kernel (E, 4H), d inputs (T, B, E) (else an empty array). The weights'
+  gradients are left to XLA (`models.lstm_weight_gradients`).
   """
   _require()
   f32 = jnp.float32
   empty = jnp.zeros((0,), f32)
-  inputs, kernel = projection or (empty, empty)
+  steps, batch = gate_tanh.shape[:2]
   shape = lambda *s: jax.ShapeDtypeStruct(s, f32)
-  outputs = (shape(*gate_tanh.shape), shape(*recurrent_kernel.shape),
-             shape(*inputs.shape), shape(*kernel.shape),
-             shape(gate_tanh.shape[-1]) if projection else shape(0))
+  outputs = (shape(*gate_tanh.shape),
+             shape(steps, batch, kernel.shape[0]) if kernel is not None else shape(0))
   return jax.ffi.ffi_call(BACKWARD, outputs, vmap_method="sequential")(
-      gate_tanh, cs, hs, recurrent_kernel, _optional(mask, bool),
-      _optional(recurrent_mask, f32), empty if sequences else grad,
-      grad if sequences else empty, inputs, kernel, reverse=np.int32(reverse))
+      gate_tanh, cs, recurrent_kernel, _optional(mask, bool), _optional(recurrent_mask, f32),
+      empty if sequences else grad, grad if sequences else empty, _optional(kernel, f32),
+      reverse=np.int32(reverse))
 
 
 def path_in_use() -> str:
