@@ -49,8 +49,7 @@ extern "C" void Compare(void* sgemm_pointer, int rows, int units, int calls, dou
   double start = Now();
   for (int call = 0; call < calls; ++call) {
     for (long r = 0; r < rows; ++r) std::memcpy(&z[r * Gp], &xw[r * G], G * sizeof(float));
-    Matmul(rows, units, h.data(), units, 1, packed.data(), Gp / kPanel, units * kPanel, kPanel,
-           z.data(), Gp, true);
+    Matmul(rows, units, h.data(), units, packed.data(), Gp / kPanel, z.data(), Gp, true);
   }
   out[0] = (Now() - start) / calls;
   const float one = 1.0f;
