@@ -75,27 +75,33 @@ def _sgemm_pointer() -> int:
   return api.PyCapsule_GetPointer(capsule, api.PyCapsule_GetName(capsule))
 
 
-def compare_matmuls() -> None:
+def build_harness(code: str) -> ctypes.CDLL:
+  """`code`, C++ in which SOURCE stands for native_lstm.cc's path, compiled as the kernel is
+  and loaded."""
   import jax
 
   from seqjax import native_lstm
   with tempfile.TemporaryDirectory() as tmp:
     source = pathlib.Path(tmp, "harness.cc")
-    source.write_text(HARNESS.replace("SOURCE", str(native_lstm.SOURCE)))
+    source.write_text(code.replace("SOURCE", str(native_lstm.SOURCE)))
     library = pathlib.Path(tmp, "harness.so")
     subprocess.run([native_lstm._compiler(), *native_lstm.FLAGS,
                     f"-I{jax.ffi.include_dir()}", "-o", str(library), str(source)], check=True)
-    harness = ctypes.CDLL(str(library))
-    out = (ctypes.c_double * 2)()
-    for rows in (32, 64, 128):
-      best = [float("inf")] * 2
-      for _ in range(5):
-        harness.Compare(ctypes.c_void_p(_sgemm_pointer()), rows, UNITS, 2000, out)
-        best = [min(b, o) for b, o in zip(best, out, strict=True)]
-      flops = 2 * rows * UNITS * 4 * UNITS
-      print(f"({rows:3d}, {UNITS}) @ ({UNITS}, {4 * UNITS}): micro-kernel "
-            f"{best[0] * 1e6:6.1f} us ({flops / best[0] / 1e9:4.0f} GFLOP/s), BLAS sgemm "
-            f"{best[1] * 1e6:6.1f} us ({flops / best[1] / 1e9:4.0f} GFLOP/s)", flush=True)
+    return ctypes.CDLL(str(library))
+
+
+def compare_matmuls() -> None:
+  harness = build_harness(HARNESS)
+  out = (ctypes.c_double * 2)()
+  for rows in (32, 64, 128):
+    best = [float("inf")] * 2
+    for _ in range(5):
+      harness.Compare(ctypes.c_void_p(_sgemm_pointer()), rows, UNITS, 2000, out)
+      best = [min(b, o) for b, o in zip(best, out, strict=True)]
+    flops = 2 * rows * UNITS * 4 * UNITS
+    print(f"({rows:3d}, {UNITS}) @ ({UNITS}, {4 * UNITS}): micro-kernel "
+          f"{best[0] * 1e6:6.1f} us ({flops / best[0] / 1e9:4.0f} GFLOP/s), BLAS sgemm "
+          f"{best[1] * 1e6:6.1f} us ({flops / best[1] / 1e9:4.0f} GFLOP/s)", flush=True)
 
 
 def time_passes(repeats: int) -> None:
