@@ -210,9 +210,9 @@ def lstm_layer(inputs: Array, kernel: Array, bias: Array, recurrent_kernel: Arra
   """`lstm_recurrence` of xw = inputs (T, B, E) @ kernel (E, 4H) + bias (4H,), all scaled by
   `gate_scale` like recurrent_kernel (H, 4H).
 
-  The native kernel computes xw itself, one step at a time, and the projection's gradients in
-  its backward pass: XLA never reads or writes a (T, B, 4H) array of every step's projection,
-  the layer's largest.
+  The native kernel computes xw itself, one step at a time, and the inputs' gradient in its
+  backward pass: the forward pass never writes a (T, B, 4H) array of every step's projection,
+  the layer's largest. The weights' gradients are large matmuls over all steps, left to XLA.
   """
   if native_lstm.enabled(inputs.dtype):
     return _projected_native_recurrence(inputs, kernel, bias, recurrent_kernel, mask,

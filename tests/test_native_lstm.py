@@ -138,6 +138,55 @@ def test_results_do_not_depend_on_the_thread_count(tmp_path):
     np.testing.assert_array_equal(results[0][key], results[1][key])
 
 
+MATMUL_HARNESS = r"""
+#include "SOURCE"
+// out (rows, cols) = a (rows, depth) @ w (depth, cols), through the kernel's packing and Matmul.
+extern "C" void RunMatmul(long rows, long depth, long cols, const float* a, const float* w,
+                          float* out) {
+  const long padded = RoundUp(cols, kPanel);
+  const std::vector<float> packed = Pack(w, depth, cols, false);
+  std::vector<float> c(rows * padded);
+  Matmul(rows, depth, a, depth, packed.data(), padded / kPanel, c.data(), padded, false);
+  for (long r = 0; r < rows; ++r) std::memcpy(out + r * cols, &c[r * padded], cols * 4);
+}
+"""
+
+
+def cpu_has_avx512() -> bool:
+  try:
+    with open("/proc/cpuinfo") as f:
+      return " avx512f" in f.read()
+  except OSError:
+    return False
+
+
+@pytest.mark.skipif(not cpu_has_avx512(), reason="the CPU has no AVX-512: one micro-kernel only")
+def test_avx512_and_avx2_micro_kernels_give_the_same_bits(tmp_path):
+  """Each output element sums its products in k order in either build, so a machine without
+  AVX-512 computes what this one does."""
+  import ctypes
+  builds = {}
+  for name, extra in (("avx512", []), ("avx2", ["-mno-avx512f"])):
+    source = tmp_path / f"{name}.cc"
+    source.write_text(MATMUL_HARNESS.replace("SOURCE", str(native_lstm.SOURCE)))
+    library = tmp_path / f"{name}.so"
+    subprocess.run([native_lstm._compiler(), *native_lstm.FLAGS, *extra,
+                    f"-I{jax.ffi.include_dir()}", "-o", str(library), str(source)], check=True)
+    builds[name] = ctypes.CDLL(str(library)).RunMatmul
+  rng = np.random.default_rng(0)
+  pointer = lambda x: x.ctypes.data_as(ctypes.c_void_p)
+  for rows, depth, cols in [(1, 3, 5), (7, 100, 400), (13, 37, 148), (32, 400, 100)]:
+    a = rng.normal(size=(rows, depth)).astype(np.float32)
+    w = rng.normal(size=(depth, cols)).astype(np.float32)
+    outs = {}
+    for name, run in builds.items():
+      outs[name] = np.empty((rows, cols), np.float32)
+      run(ctypes.c_long(rows), ctypes.c_long(depth), ctypes.c_long(cols), pointer(a), pointer(w),
+          pointer(outs[name]))
+    np.testing.assert_array_equal(outs["avx512"], outs["avx2"])
+    np.testing.assert_allclose(outs["avx512"], a.astype(np.float64) @ w, rtol=1e-4, atol=1e-4)
+
+
 def test_auto_uses_the_kernel_on_cpu_in_float32_only(monkeypatch):
   use(monkeypatch, "auto")
   assert native_lstm.path_in_use() == "native"
