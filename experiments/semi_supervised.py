@@ -13,9 +13,12 @@ validation alone and reports the choice on the test split.
    of held-out movies (`--movies`, from experiments/imdb_movies.py), the one experiments/best.py
    chose the labelled-only configs on. Trials that start from the language model start from
    its best epoch (the lowest validation perplexity) at the time they are first trained.
+   Then `pretrained_combined`: the `pretrained` run and configs/naive_bayes_bag.py's (run `bag`),
+   trained apart, their log-odds averaged with the weight of least validation log-loss
+   (experiments/combine.py).
 3. Finals: the best trial on validation with the LSTM alone (no bag) that uses the language
-   model, then the best one overall that uses it, each with --seeds; each evaluates the test
-   split once, on its best validation epoch.
+   model, then the best one overall that uses it, each with --seeds (runs
+   `<trial>_seed_<seed>`); each evaluates the test split once, on its best validation epoch.
 
 Each run is `python -m seqjax.main` in a fresh process; finished runs are read, not trained
 again. Writes experiments/results/semi_supervised.md (what is finished so far), the language
@@ -31,6 +34,7 @@ import sys
 
 from absl import app, flags
 
+import combine
 from common import RESULTS, ROOT, launch, machine
 from seqjax import config as config_lib
 from seqjax import input_pipeline, models
@@ -47,6 +51,7 @@ flags.mark_flag_as_required("movies")
 
 LANGUAGE_MODEL = ROOT / "configs" / "language_model.py"
 CLASSIFIER = ROOT / "configs" / "pretrained_bilstm.py"
+BAG_ALONE = ROOT / "configs" / "naive_bayes_bag.py"
 BAG = dict(ngram_order=3, ngram_buckets=2**22, ngram_bag="naive_bayes")  # naive_bayes_bag.py's
 SELECTION = {"seed": 7, "evaluate_test": "never"}
 # (name, what it changes, uses the language model, overrides of configs/pretrained_bilstm.py).
@@ -56,6 +61,9 @@ TRIALS = [
     ("pretrained_lr_1e-3", "pretrained, Adam 1e-3 (not 2e-3)", True, {"learning_rate": 1e-3}),
     ("pretrained_bag", "pretrained, with configs/naive_bayes_bag.py's bag beside it", True, BAG),
 ]
+# Not trained: `pretrained` and configs/naive_bayes_bag.py (run `bag`) combined after training.
+COMBINED = ("pretrained_combined", "pretrained and configs/naive_bayes_bag.py trained apart, "
+            "their log-odds averaged with a weight chosen on validation", True, None)
 
 
 def workdir(name: str) -> pathlib.Path:
@@ -79,14 +87,31 @@ def save_record(name: str, record: dict) -> None:
   path.write_text(json.dumps(record, indent=2) + "\n")
 
 
-def run(name: str, uses_lm: bool, overrides: dict) -> dict:
-  """Trains (or reads) a classifier run. One that starts from the language model is named
-  after its number of epochs too (`<name>_lm<epochs>`): more pretraining makes a new run."""
+def run_name(name: str, uses_lm: bool) -> str:
+  """A run that starts from the language model is named after its number of epochs too
+  (`<name>_lm<epochs>`): more pretraining makes a new run."""
+  return f"{name}_lm{FLAGS.lm_epochs}" if uses_lm else name
+
+
+def run(name: str, uses_lm: bool, overrides: dict, config_file=CLASSIFIER) -> dict:
+  """Trains (or reads) a classifier run."""
   overrides = {**overrides, "validation_groups": FLAGS.movies}
   if uses_lm:
     overrides["init_from"] = str(workdir("language_model"))
-    name = f"{name}_lm{FLAGS.lm_epochs}"
-  record = launch(CLASSIFIER, workdir(name), overrides)
+  name = run_name(name, uses_lm)
+  record = launch(config_file, workdir(name), overrides)
+  save_record(name, record)
+  return record
+
+
+def combined(lstm: tuple[str, dict], bag: tuple[str, dict], evaluate_test: bool) -> dict:
+  """Two finished runs, (name, record) each, combined (experiments/combine.py); saved as a
+  record like a run's, with their training time."""
+  name = f"{lstm[0]}_and_{bag[0]}"
+  record = {**combine.combine(str(workdir(lstm[0])), str(workdir(bag[0])), evaluate_test),
+            "best_epoch": "—", "train_seconds": lstm[1]["train_seconds"] +
+            bag[1]["train_seconds"]}
+  record["best_epoch_validation_accuracy"] = record["validation_accuracy"]
   save_record(name, record)
   return record
 
@@ -99,6 +124,11 @@ def select(report: list[str]) -> list[tuple[str, str, bool, dict, dict]]:
     trials.append((name, change, uses_lm, overrides,
                    run(name, uses_lm, {**overrides, **SELECTION})))
     write(report + selection_section(trials))
+  pretrained = next(t for t in trials if t[0] == "pretrained")
+  bag = run("bag", False, SELECTION, BAG_ALONE)
+  trials.append((*COMBINED[:4], combined((run_name("pretrained", True), pretrained[4]),
+                                         ("bag", bag), evaluate_test=False)))
+  write(report + selection_section(trials))
   return trials
 
 
@@ -108,11 +138,20 @@ def write(lines: list[str]) -> None:
   print(text)
 
 
-def finals(trial: tuple, prefix: str) -> tuple[list[dict], str]:
-  """The trial's config with FLAGS.seeds, each evaluating the test split once."""
+def finals(trial: tuple) -> tuple[list[dict], str]:
+  """The trial's config with FLAGS.seeds (runs `<trial>_seed_<seed>`), each evaluating the
+  test split once; for COMBINED, `pretrained`'s finals and the bag's, combined."""
   name, _, uses_lm, overrides, _ = trial
-  runs = [run(f"{prefix}_seed_{seed}", uses_lm, {**overrides, "seed": int(seed)})
-          for seed in FLAGS.seeds]
+  if name == COMBINED[0]:
+    runs = []
+    for seed in FLAGS.seeds:
+      lstm = run(f"pretrained_seed_{seed}", True, {"seed": int(seed)})
+      bag = run(f"bag_seed_{seed}", False, {"seed": int(seed)}, BAG_ALONE)
+      runs.append(combined((run_name(f"pretrained_seed_{seed}", True), lstm),
+                           (f"bag_seed_{seed}", bag), evaluate_test=True))
+  else:
+    runs = [run(f"{name}_seed_{seed}", uses_lm, {**overrides, "seed": int(seed)})
+            for seed in FLAGS.seeds]
   accuracies = [100 * r["test_accuracy"] for r in runs]
   spread = (f"{statistics.mean(accuracies):.2f} ± {statistics.stdev(accuracies):.2f}"
             if len(accuracies) > 1 else f"{accuracies[0]:.2f}")
@@ -179,10 +218,12 @@ def finals_section(title: str, trial: tuple, runs: list[dict], spread: str) -> l
       f"## {title}: {trial[0]} on the test split (evaluated once per run)", "",
       f"Test accuracy over seeds {', '.join(FLAGS.seeds)}: **{spread} %**.", "",
       "| seed | best epoch (validation) | validation accuracy % | test accuracy % | "
-      "train h |",
-      "|---|---|---|---|---|",
+      "train h | combined: the LSTM's weight; each alone, test accuracy % |",
+      "|---|---|---|---|---|---|",
       *(f"| {seed} | {r['best_epoch']} | {100 * r['best_epoch_validation_accuracy']:.2f} | "
-        f"{100 * r['test_accuracy']:.2f} | {hours(r['train_seconds'])} |"
+        f"{100 * r['test_accuracy']:.2f} | {hours(r['train_seconds'])} | "
+        + (f"{r['weight']:.2f}; LSTM {100 * r['first_test_accuracy']:.2f}, bag "
+           f"{100 * r['second_test_accuracy']:.2f}" if "weight" in r else "—") + " |"
         for seed, r in zip(FLAGS.seeds, runs, strict=True)), ""]
 
 
@@ -199,12 +240,12 @@ def main(argv):
     if FLAGS.stop_after == "final":
       score = lambda t: t[4]["best_epoch_validation_accuracy"]  # noqa: E731
       best = max((t for t in trials if t[2]), key=score)
-      alone = max((t for t in trials if t[2] and "ngram_order" not in t[3]), key=score)
+      alone = max((t for t in trials if t[2] and t[3] is not None and "ngram_order" not in t[3]),
+                  key=score)
       # The LSTM alone first: the issue asks how it compares with the bag whatever wins.
       if alone is not best:
-        lines += finals_section("The best with the LSTM alone", alone, *finals(alone, "lstm"))
-      lines += finals_section("The best config using unlabelled text", best,
-                              *finals(best, "final"))
+        lines += finals_section("The best with the LSTM alone", alone, *finals(alone))
+      lines += finals_section("The best config using unlabelled text", best, *finals(best))
   write(lines)
 
 

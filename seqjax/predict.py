@@ -82,14 +82,20 @@ class Predictor:
     A model trained with bucketing reads the texts in batches of similar length, each cut
     to its longest text's bucket; the results come back in the input order.
     """
-    split = input_pipeline.Split(self.encode(texts), np.zeros(len(texts), np.int32))
+    return self.predict_encoded(self.encode(texts), progress)
+
+  def predict_encoded(self, inputs: np.ndarray,
+                      progress: Callable[[int], object] | None = None) -> np.ndarray:
+    """`predict` for texts already encoded, (N, max_length) ids as `encode` or the run's
+    input pipeline gives them."""
+    split = input_pipeline.Split(inputs, np.zeros(len(inputs), np.int32))
     order = split.order(bool(self.config.bucket_width))
     out = []
     for batch in input_pipeline.batches(split, self.batch_size, order, self.config.bucket_width):
       out.append(np.asarray(self._probabilities(self.params, batch["inputs"]))[batch["mask"] == 1])
       if progress:
         progress(len(out[-1]))
-    probabilities = np.zeros(len(texts), np.float32)
+    probabilities = np.zeros(len(inputs), np.float32)
     probabilities[order] = np.concatenate(out) if out else []
     return probabilities
 
