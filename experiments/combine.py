@@ -12,11 +12,13 @@ combined their naive-Bayes SVM and recurrent models in this way.
 """
 
 import json
+import os
 
 import numpy as np
 from absl import app, flags
 
 from seqjax import input_pipeline, predict
+from seqjax import workdir as workdir_lib
 
 WEIGHTS = np.linspace(0.0, 1.0, 21)
 SCALES = np.linspace(0.1, 3.0, 30)
@@ -49,7 +51,10 @@ def combine(first: str, second: str, evaluate_test: bool) -> dict:
   """The weight of `first`'s log-odds, chosen on validation, and the combination's validation
   accuracy and loss (and test accuracy and loss with `evaluate_test`); also each run's own."""
   runs = [predict.load(workdir) for workdir in (first, second)]
-  data = [input_pipeline.load_data(run.config) for run in runs]
+  # Encoded as in training: with the pretrained model's vocabulary where the run started
+  # from one (train.train_and_evaluate), so from the same cache.
+  data = [input_pipeline.load_data(run.config, run.vocabulary if run.config.init_from else None)
+          for run in runs]
   names = ["validation", "test"] if evaluate_test else ["validation"]
   z, labels = {}, {}
   for name in names:
@@ -64,6 +69,12 @@ def combine(first: str, second: str, evaluate_test: bool) -> dict:
   weight, scale = choose_weight(*z["validation"], labels["validation"])
   mix = lambda name: scale * (weight * z[name][0] + (1 - weight) * z[name][1])  # noqa: E731
   result = {"first": first, "second": second, "weight": weight, "scale": scale}
+  for run, log_odds_ in zip(runs, z["validation"], strict=True):
+    with open(os.path.join(run.workdir, workdir_lib.RESULTS)) as f:
+      reported = json.load(f)["best_epoch_validation_accuracy"]
+    if abs(_accuracy(log_odds_, labels["validation"]) - reported) > 1e-4:
+      raise ValueError(f"{run.workdir}'s predictions do not reproduce its validation accuracy "
+                       f"({reported:.4f}): its data were not encoded as in its training.")
   for name in names:
     result[f"{name}_accuracy"] = _accuracy(mix(name), labels[name])
     result[f"{name}_loss"] = _log_loss(mix(name), labels[name])
