@@ -7,8 +7,8 @@ Both runs must hold out the same validation reviews (the same dataset and `valid
 or `validation_size`); each reads its own encoding of them (its own vocabulary) from its
 cache. The first run's weight w, of 0, 0.05, ..., 1, is the one of least validation log-loss
 (with a scale of the mean fitted beside it); with --evaluate_test the test split is then
-scored once, with that w. Mesnil et al. (2015)
-combined their naive-Bayes SVM and recurrent models in this way.
+scored once, with that w. Mesnil et al. (2015) combined their naive-Bayes SVM and recurrent
+models in this way.
 """
 
 import json
