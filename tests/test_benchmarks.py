@@ -30,11 +30,33 @@ def test_two_chains_run_twice_over_or_one_direction_per_core():
 
 
 def test_target_is_reachable_only_if_the_bound_reaches_it():
-  row = {"train_bound": 900.0, "train_target": 845.0, "infer_bound": 2000.0,
-         "infer_target": 2144.0}
-  assert serial_bound._against_target(row, "train", 2.0) == "845 (2.0x) | yes"
-  assert serial_bound._against_target(row, "infer", 1.5) == "2144 (1.5x) | **no**"
-  assert serial_bound._against_target({}, "train", 2.0) == "— | —"
+  bound = {"chain": 1000.0, "chain_way": "jax, all cores", "arithmetic": 900.0, "bound": 900.0}
+  assert serial_bound._against_target(bound, 845.0, 2.0).endswith("| 845 (2.0x) | yes")
+  assert serial_bound._against_target(bound, 950.0, 1.5).endswith("| 950 (1.5x) | **no**")
+  assert serial_bound._against_target(bound, None, 2.0).endswith("**900** | — | —")
+
+
+def test_step_flops_count_every_matmul_three_times_in_training():
+  # lstm: T = 500, B = 64, (E + H) = 132 inputs to 4H = 400 gates, 2 FLOPs a multiply-add.
+  assert serial_bound.step_flops("lstm", 64, training=False) == 2 * 500 * 64 * 132 * 400
+  assert serial_bound.step_flops("lstm", 64, training=True) == 3 * 2 * 500 * 64 * 132 * 400
+  assert serial_bound.step_flops("bilstm", 64, True) == 2 * serial_bound.step_flops("lstm", 64,
+                                                                                      True)
+  conv = 2 * 500 * 64 * 3 * 32 * 32
+  assert serial_bound.step_flops("cnn_lstm", 64, False) == 2 * 250 * 64 * 132 * 400 + conv
+
+
+def test_bound_is_the_slower_of_the_chain_and_the_arithmetic(monkeypatch):
+  monkeypatch.setattr(serial_bound.os, "cpu_count", lambda: 2)
+  times = {**TIMES, ("native", "one", 32, 500): {"forward": 0.0065, "backward": 0.0082}}
+  rate = 2 * 32 * 100 * 400 * 500 / 0.0065  # The fastest chain on one core.
+  assert serial_bound.fastest_rate(times) == pytest.approx(rate)
+  bound = serial_bound.bound(times, "lstm", 64, training=True)
+  assert bound["chain"] == pytest.approx(64 / (0.0065 + 0.0082))
+  assert bound["chain_way"] == "native, batch split over 2 cores"
+  assert bound["arithmetic"] == pytest.approx(
+      64 / (serial_bound.step_flops("lstm", 64, True) / (2 * rate)))
+  assert bound["bound"] == min(bound["chain"], bound["arithmetic"]) == bound["arithmetic"]
 
 
 def test_best_peer_excludes_seqjax(tmp_path):
