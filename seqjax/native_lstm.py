@@ -192,7 +192,7 @@ def backward(gate_tanh: Array, cs: Array, recurrent_kernel: Array, mask: Array |
   """`forward`'s gradient through the time loop: from its residuals and the gradient of its
   output, grad (B, H), or (T, B, H) with `sequences` -> d xw (T, B, 4H) and, given the
   projection's kernel (E, 4H), d inputs (T, B, E) (else an empty array). The weights'
-  gradients are left to XLA (`models.lstm_weight_gradients`).
+  gradients are left to XLA (`models.recurrent_kernel_gradient`, `models.lstm_layer`).
   """
   _require()
   f32 = jnp.float32
