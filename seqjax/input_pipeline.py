@@ -6,13 +6,14 @@ into a vocabulary on the training examples only, encoded and padded. The result 
 """
 
 import dataclasses
+import functools
 import hashlib
 import json
 import os
 import socket
 import urllib.parse
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 
 import ml_collections
 import numpy as np
@@ -192,6 +193,13 @@ def _cache_key(config: ml_collections.ConfigDict, data_dir: str,
   return hashlib.sha256(json.dumps(keyed, sort_keys=True).encode()).hexdigest()[:20]
 
 
+def encode_tokens(config: ml_collections.ConfigDict, vocabulary: tokenizer.Vocabulary,
+                  token_lists: Iterable[Sequence[str]]) -> np.ndarray:
+  """(N, max_length) int32 ids of N token lists, cut and padded as `config` says."""
+  return tokenizer.pad_sequences([vocabulary.encode(t) for t in token_lists],
+                                 config.max_length, config.padding, config.truncating)
+
+
 def _encode(config: ml_collections.ConfigDict, sources: dict,
             vocabulary: tokenizer.Vocabulary | None) -> dict[str, np.ndarray]:
   """The splits, encoded with `vocabulary`, else with one ranked on the training examples.
@@ -223,10 +231,7 @@ def _encode(config: ml_collections.ConfigDict, sources: dict,
     vocabulary = tokenizer.Vocabulary.build((train_tokens[i] for i in train_index),
                                             config.top_words)
 
-  def encode(token_lists) -> np.ndarray:
-    return tokenizer.pad_sequences([vocabulary.encode(t) for t in token_lists],
-                                   config.max_length, config.padding, config.truncating)
-
+  encode = functools.partial(encode_tokens, config, vocabulary)
   return dict(
       train_inputs=encode(train_tokens[i] for i in train_index),
       train_labels=train_labels[train_index],

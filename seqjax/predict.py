@@ -70,9 +70,8 @@ class Predictor:
 
   def encode(self, texts: Iterable[str | bytes]) -> np.ndarray:
     """(N, max_length) int32 ids, exactly as training encoded its reviews."""
-    return tokenizer.pad_sequences(
-        [self.vocabulary.encode(tokenizer.tokenize(t)) for t in texts],
-        self.config.max_length, self.config.padding, self.config.truncating)
+    return input_pipeline.encode_tokens(self.config, self.vocabulary,
+                                        (tokenizer.tokenize(t) for t in texts))
 
   def predict(self, texts: Sequence[str | bytes],
               progress: Callable[[int], object] | None = None) -> np.ndarray:
