@@ -6,7 +6,10 @@
 Same shapes and protocol in every framework: a training step on a batch of 64 reviews of 500
 token ids (Adam, binary cross-entropy), an inference pass on a batch of 256; warm-up and
 compilation excluded and reported apart; the median of --steps timed calls. Each measurement
-runs in a fresh process, so peak memory (the process's maximum resident set) is its own. Every
+runs in a fresh process, so peak memory (the process's maximum resident set) is its own. The
+whole set of measurements runs --rounds times, one round after another, and each figure is the
+median over rounds: this VM's speed drifts by 10-35% over minutes, and interleaving puts every
+framework through the same drift rather than one of them through a slow spell. Every
 framework uses every core (JAX by default; TensorFlow and PyTorch are told so). Besides Keras 3
 (TensorFlow backend, with and without XLA) and PyTorch, the peers include "flax": the
 straightforward Flax model (nn.RNN over nn.OptimizedLSTMCell). seqjax runs with the malloc
@@ -304,6 +307,8 @@ def main() -> None:
   flags.DEFINE_list("seqjax_mallocs", ["restart"], "malloc settings to time seqjax with: "
                     f"{', '.join(MALLOC_ENVS)} (benchmarks/benchmark.py's MALLOC_ENVS).")
   flags.DEFINE_integer("steps", 20, "Timed calls per measurement (after one warm-up call).")
+  flags.DEFINE_integer("rounds", 3, "Times to repeat the whole set of measurements, "
+                       "interleaved; each figure is the median over rounds.")
   flags.DEFINE_string("output", str(ROOT / "benchmarks" / "results.json"), "JSON output.")
   flags.DEFINE_string("one", None, "Internal: 'framework,model' to measure in this process.")
   flags.DEFINE_bool("bucket_compiles", False, "Instead: time compiling each bucketed model's "
@@ -325,33 +330,55 @@ def main() -> None:
       return
     frameworks = [f for f in FLAGS.frameworks if available(f)]
     rows = []
-    for model_name in FLAGS.models:
-      for framework, setting in [
-          (f, m) for f in frameworks
-          for m in (FLAGS.seqjax_mallocs if f.startswith("seqjax") else PEER_MALLOCS)]:
-        env = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}
-        env.update({"TF_CPP_MIN_LOG_LEVEL": "2", **MALLOC_ENVS[setting],
-                    **FRAMEWORK_ENVS.get(framework, {})})
-        result = subprocess.run(
-            [sys.executable, __file__, f"--one={framework},{model_name}",
-             f"--steps={FLAGS.steps}"], env=env, capture_output=True, text=True, cwd=ROOT)
-        if result.returncode:
-          print(f"{framework} {model_name} failed:\n{result.stderr[-2000:]}", file=sys.stderr)
-          continue
-        rows.append({**json.loads(result.stdout.strip().splitlines()[-1]), "malloc": setting})
-        print(f"{model_name:24s} {framework:10s} {setting:16s} "
-              f"train {rows[-1]['train_examples_per_second']:8.1f} ex/s  "
-              f"infer {rows[-1]['infer_examples_per_second']:8.1f} ex/s", flush=True)
+    for round_, model_name, framework, setting in [
+        (i, model_name, f, m) for i in range(FLAGS.rounds) for model_name in FLAGS.models
+        for f in frameworks
+        for m in (FLAGS.seqjax_mallocs if f.startswith("seqjax") else PEER_MALLOCS)]:
+      env = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}
+      env.update({"TF_CPP_MIN_LOG_LEVEL": "2", **MALLOC_ENVS[setting],
+                  **FRAMEWORK_ENVS.get(framework, {})})
+      result = subprocess.run(
+          [sys.executable, __file__, f"--one={framework},{model_name}",
+           f"--steps={FLAGS.steps}"], env=env, capture_output=True, text=True, cwd=ROOT)
+      if result.returncode:
+        print(f"{framework} {model_name} failed:\n{result.stderr[-2000:]}", file=sys.stderr)
+        continue
+      rows.append({**json.loads(result.stdout.strip().splitlines()[-1]), "malloc": setting,
+                   "round": round_})
+      print(f"round {round_ + 1}/{FLAGS.rounds} {model_name:24s} {framework:10s} {setting:8s} "
+            f"train {rows[-1]['train_examples_per_second']:8.1f} ex/s  "
+            f"infer {rows[-1]['infer_examples_per_second']:8.1f} ex/s", flush=True)
     report = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
-              "threads": os.cpu_count(), "steps": FLAGS.steps, "results": rows}
+              "threads": os.cpu_count(), "steps": FLAGS.steps, "rounds": FLAGS.rounds,
+              "results": rows}
     pathlib.Path(FLAGS.output).write_text(json.dumps(report, indent=2) + "\n")
     print(table(rows))
 
   app.run(run)
 
 
+def over_rounds(rows: list[dict]) -> list[dict]:
+  """One row per (model, framework, malloc): each figure's median over the rounds, the peak
+  memory's maximum."""
+  groups = {}
+  for r in rows:
+    groups.setdefault((r["model"], r["framework"], r.get("malloc")), []).append(r)
+  out = []
+  for group in groups.values():
+    row = {**group[0], "rounds": len(group),
+           "peak_memory_mb": max(r.get("peak_memory_mb", 0.0) for r in group)}
+    for key in ("train_examples_per_second", "infer_examples_per_second",
+                "train_first_call_seconds", "infer_first_call_seconds"):
+      if key in row:
+        row[key] = statistics.median(r[key] for r in group)
+    out.append(row)
+  return out
+
+
 def best_of_mallocs(rows: list[dict]) -> dict:
-  """Per (model, framework): the best training and the best inference figure over mallocs."""
+  """Per (model, framework): the best training and the best inference figure over mallocs,
+  each the median over rounds."""
+  rows = over_rounds(rows)
   best = {}
   for r in rows:
     b = best.setdefault((r["model"], r["framework"]), dict(r))

@@ -1,11 +1,13 @@
 """benchmarks/serial_bound.py: how the chain timings become bounds and verdicts."""
 
+import json
 import pathlib
 import sys
 
 import pytest
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent / "benchmarks"))
+import benchmark  # noqa: E402
 import serial_bound  # noqa: E402
 
 # (framework, cores, batch, steps) -> seconds of the forward and backward chains.
@@ -59,13 +61,23 @@ def test_bound_is_the_slower_of_the_chain_and_the_arithmetic(monkeypatch):
   assert bound["bound"] == min(bound["chain"], bound["arithmetic"]) == bound["arithmetic"]
 
 
-def test_best_peer_excludes_seqjax(tmp_path):
+def row(framework: str, train: float, infer: float, malloc: str = "default") -> dict:
+  return {"framework": framework, "model": "lstm", "malloc": malloc,
+          "train_examples_per_second": train, "infer_examples_per_second": infer}
+
+
+def test_best_peer_excludes_every_seqjax_variant(tmp_path):
   results = tmp_path / "results.json"
-  results.write_text('{"results": ['
-                     '{"framework": "seqjax", "model": "lstm", "train_examples_per_second": 900,'
-                     ' "infer_examples_per_second": 9000},'
-                     '{"framework": "torch", "model": "lstm", "train_examples_per_second": 422,'
-                     ' "infer_examples_per_second": 1400},'
-                     '{"framework": "keras", "model": "lstm", "train_examples_per_second": 300,'
-                     ' "infer_examples_per_second": 1430}]}')
+  results.write_text(json.dumps({"results": [
+      row("seqjax", 900, 9000), row("seqjax_scan", 600, 5000), row("seqjax_2dev", 700, 6000),
+      row("torch", 422, 1400), row("keras", 300, 1430)]}))
   assert serial_bound.best_peers(results) == {"lstm": (422, 1430)}
+
+
+def test_each_figure_is_the_median_over_rounds_then_the_best_malloc():
+  rows = [row("torch", 400, 1000), row("torch", 1200, 1100), row("torch", 500, 3000),
+          row("torch", 450, 900, "restart"), row("torch", 460, 950, "restart"),
+          row("torch", 470, 2000, "restart")]
+  best = benchmark.best_of_mallocs(rows)[("lstm", "torch")]
+  # default: medians 500 / 1100; restart: 460 / 950. The lucky 1200 and 3000 count for nothing.
+  assert (best["train_examples_per_second"], best["infer_examples_per_second"]) == (500, 1100)
