@@ -387,10 +387,22 @@ def best_of_mallocs(rows: list[dict]) -> dict:
   return best
 
 
+def best_peers(rows: list[dict]) -> dict:
+  """Model -> (the best other framework's training ex/s, the best other's inference ex/s):
+  over every framework but seqjax and its variants (seqjax_scan, seqjax_2dev)."""
+  best = {}
+  for (model, framework), r in best_of_mallocs(rows).items():
+    if not framework.startswith("seqjax"):
+      train, infer = best.get(model, (0.0, 0.0))
+      best[model] = (max(train, r["train_examples_per_second"]),
+                     max(infer, r["infer_examples_per_second"]))
+  return best
+
+
 def table(rows: list[dict]) -> str:
   """Markdown: examples/s per framework, and seqjax's ratio to the best other one."""
   frameworks = list(dict.fromkeys(r["framework"] for r in rows))
-  best = best_of_mallocs(rows)
+  best, peers = best_of_mallocs(rows), best_peers(rows)
   lines = ["| model | " + " | ".join(f"{f} train / infer ex/s" for f in frameworks)
            + " | seqjax ÷ best other: train / infer | seqjax compile s (train) | seqjax peak MB |",
            "|---" * (len(frameworks) + 4) + "|"]
@@ -398,11 +410,9 @@ def table(rows: list[dict]) -> str:
     by = {f: r for (m, f), r in best.items() if m == model_name}
     cells = [f"{by[f]['train_examples_per_second']:.0f} / {by[f]['infer_examples_per_second']:.0f}"
              if f in by else "—" for f in frameworks]
-    others = [r for f, r in by.items() if not f.startswith("seqjax")]
     ratio = "—"
-    if "seqjax" in by and others:
-      best_train = max(r["train_examples_per_second"] for r in others)
-      best_infer = max(r["infer_examples_per_second"] for r in others)
+    if "seqjax" in by and model_name in peers:
+      best_train, best_infer = peers[model_name]
       ratio = (f"{by['seqjax']['train_examples_per_second'] / best_train:.2f} / "
                f"{by['seqjax']['infer_examples_per_second'] / best_infer:.2f}")
     seqjax = by.get("seqjax", {})

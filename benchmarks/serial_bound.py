@@ -168,15 +168,9 @@ def fastest_step(times: dict, steps: int, chains: int, batch: int, parts: tuple[
 
 
 def best_peers(results_file: pathlib.Path) -> dict:
-  """Model -> (best other framework's training ex/s, its inference ex/s)."""
-  best = {}
-  rows = benchmark.best_of_mallocs(json.loads(results_file.read_text())["results"])
-  for (model, framework), r in rows.items():
-    if not framework.startswith("seqjax"):  # seqjax_scan and seqjax_2dev are seqjax too.
-      train, infer = best.get(model, (0.0, 0.0))
-      best[model] = (max(train, r["train_examples_per_second"]),
-                     max(infer, r["infer_examples_per_second"]))
-  return best
+  """Model -> (best other framework's training ex/s, its inference ex/s), from benchmark.py's
+  results file."""
+  return benchmark.best_peers(json.loads(results_file.read_text())["results"])
 
 
 def step_flops(model: str, batch: int, training: bool) -> float:
