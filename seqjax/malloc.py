@@ -29,9 +29,11 @@ M_MMAP_MAX = -4
 # Freed memory above the heap's top is returned to the OS only beyond this; mallopt takes an
 # int, so 2 GiB is its largest.
 TRIM_THRESHOLD = 2**31 - 1
-# What the commands restart with: the same, the heap (almost) never trimmed, and huge pages.
+# What the commands restart with: the same, the heap (almost) never trimmed, huge pages, and
+# one arena. XLA's worker threads otherwise malloc from arenas of their own, whose heaps cannot
+# hold a block over 64 MiB, so glibc mmaps those (the step's temporaries) despite mmap_max=0.
 HUGE_PAGE_TUNABLES = ("glibc.malloc.hugetlb=1:glibc.malloc.mmap_max=0"
-                      ":glibc.malloc.trim_threshold=1099511627776")
+                      ":glibc.malloc.trim_threshold=1099511627776:glibc.malloc.arena_max=1")
 
 
 def _glibc() -> bool:

@@ -341,12 +341,23 @@ class ConvFrontEnd(nn.Module):
       inputs = inputs * mask[..., None]
     x = nn.Conv(self.filters, (self.kernel_size,), padding="SAME", kernel_init=glorot_uniform,
                 dtype=self.dtype, name="conv")(inputs)
-    x = nn.relu(x)
-    window = dict(window_shape=(self.pool_size,), strides=(self.pool_size,), padding="VALID")
-    x = nn.max_pool(x, **window)
+    x = max_pool_over_time(nn.relu(x), self.pool_size)
     if mask is not None:
-      mask = -nn.max_pool(-mask[..., None].astype(x.dtype), **window)[..., 0] > 0
+      mask = -max_pool_over_time(-mask[..., None].astype(x.dtype), self.pool_size)[..., 0] > 0
     return x, mask
+
+
+def max_pool_over_time(x: Array, size: int) -> Array:
+  """MaxPooling1D(size), 'valid': (B, T, C) -> (B, T // size, C).
+
+  Selects among `size` strided slices rather than calling `nn.max_pool`: the same values and
+  gradient (the first of tied values takes it, as in Keras), but the gradient is elementwise,
+  where `nn.max_pool`'s (select-and-scatter) takes ~20 ms of a `cnn_lstm` train step on
+  XLA:CPU.
+  """
+  steps = x.shape[1] // size * size
+  return functools.reduce(lambda best, new: jnp.where(best >= new, best, new),
+                          [x[:, i:steps:size] for i in range(size)])
 
 
 def pool_over_time(states: Array, mask: Array | None, pooling: str) -> Array:

@@ -1,5 +1,8 @@
 """The models: Keras' parameter counts, Keras' LSTM equations, direction and dropout."""
 
+import functools
+
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -152,6 +155,23 @@ def test_conv_front_end_is_same_padded_relu_conv_then_max_pool():
   want = relu[:, :8].reshape(2, 4, 2, 4).max(axis=2)  # 'valid' pooling drops the 9th step.
   assert out.shape == (2, 4, 4)
   np.testing.assert_allclose(out, want, atol=1e-5)
+
+
+@pytest.mark.parametrize("size, steps", [(2, 9), (3, 10), (2, 1)])
+def test_max_pool_over_time_equals_nn_max_pool_with_its_gradient(size, steps):
+  x = np.random.default_rng(size).normal(size=(3, steps, 5)).astype(np.float32)
+  x[0] = np.round(x[0])  # Ties: the first of them takes the gradient.
+  x = jnp.asarray(x)
+  weights = jnp.asarray(np.random.default_rng(7).normal(size=(3, steps // size, 5)))
+
+  def loss(pool, x):
+    return jnp.sum(pool(x) * weights)
+
+  ours = functools.partial(models.max_pool_over_time, size=size)
+  flax_pool = functools.partial(nn.max_pool, window_shape=(size,), strides=(size,),
+                                padding="VALID")
+  np.testing.assert_array_equal(ours(x), flax_pool(x))
+  np.testing.assert_array_equal(jax.grad(loss, 1)(ours, x), jax.grad(loss, 1)(flax_pool, x))
 
 
 BEYOND_TUTORIAL = {"lstm_layers": 2, "pooling": "max_mean", "ngram_order": 2,
