@@ -148,8 +148,8 @@ def _lstm_recurrence_fwd(xw, recurrent_kernel, mask, recurrent_mask, reverse, re
 def _lstm_recurrence_bwd(reverse, return_sequences, native, saved, grad):
   (gate_tanh, cs, hs), recurrent_kernel, mask, recurrent_mask = saved
   if native:
-    dxw, _ = native_lstm.backward(gate_tanh, cs, recurrent_kernel, mask, recurrent_mask, grad,
-                                  reverse, return_sequences)
+    dxw = native_lstm.backward(gate_tanh, cs, recurrent_kernel, mask, recurrent_mask, grad,
+                               reverse, return_sequences)
     return dxw, recurrent_kernel_gradient(hs, dxw, recurrent_mask, reverse), None, None
   c_before = state_before(cs, reverse)
   scale = gate_scale(cs.shape[-1], cs.dtype)
@@ -210,9 +210,10 @@ def lstm_layer(inputs: Array, kernel: Array, bias: Array, recurrent_kernel: Arra
   """`lstm_recurrence` of xw = inputs (T, B, E) @ kernel (E, 4H) + bias (4H,), all scaled by
   `gate_scale` like recurrent_kernel (H, 4H).
 
-  The native kernel computes xw itself, one step at a time, and the inputs' gradient in its
-  backward pass: the forward pass never writes a (T, B, 4H) array of every step's projection,
-  the layer's largest. The weights' gradients are large matmuls over all steps, left to XLA.
+  The native kernel computes xw itself, one step at a time, and the gradients of the inputs
+  and the weights in its backward pass: neither pass writes a (T, B, 4H) array of every step's
+  projection or its gradient, the layer's largest. On the `nn.scan` path the weights'
+  gradients are large matmuls over all steps.
   """
   if native_lstm.enabled(inputs.dtype):
     return _projected_native_recurrence(inputs, kernel, bias, recurrent_kernel, mask,
@@ -241,11 +242,10 @@ def _projected_native_fwd(inputs, kernel, bias, recurrent_kernel, mask, recurren
 
 def _projected_native_bwd(reverse, return_sequences, saved, grad):
   ((gate_tanh, cs, hs), recurrent_kernel, mask, recurrent_mask), inputs, kernel = saved
-  dxw, d_inputs = native_lstm.backward(gate_tanh, cs, recurrent_kernel, mask, recurrent_mask,
-                                       grad, reverse, return_sequences, kernel=kernel)
-  d_kernel = inputs.reshape(-1, inputs.shape[-1]).T @ dxw.reshape(-1, dxw.shape[-1])
-  return (d_inputs, d_kernel, dxw.sum((0, 1)),
-          recurrent_kernel_gradient(hs, dxw, recurrent_mask, reverse), None, None)
+  d_inputs, d_kernel, d_recurrent_kernel, d_bias = native_lstm.backward_projected(
+      gate_tanh, cs, hs, recurrent_kernel, mask, recurrent_mask, grad, reverse,
+      return_sequences, inputs, kernel)
+  return d_inputs, d_kernel, d_bias, d_recurrent_kernel, None, None
 
 
 _projected_native_recurrence.defvjp(_projected_native_fwd, _projected_native_bwd)

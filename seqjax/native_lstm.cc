@@ -6,10 +6,12 @@
 //
 // Each batch row's recurrence is independent of the others, so the batch is split into one
 // contiguous slice per thread and every thread runs the whole time loop on its slice: no
-// synchronisation inside the loop. The matmuls are a register-blocked micro-kernel (8 rows x
-// 32 columns of accumulators with AVX-512, else 6 x 16) over weights packed once per call into
-// panels of as many columns; every output element sums its products in the same order whatever
-// the thread count or the row's place in its slice, so results are bitwise reproducible.
+// synchronisation inside the loop. The backward pass also sums the weights' gradients as it
+// goes, every few steps, per chunk of 16 rows, while the steps' gradients are still in cache.
+// The matmuls are a register-blocked micro-kernel (8 rows x 32 columns of accumulators with
+// AVX-512, else 6 x 16) over weights packed once per call into panels of as many columns;
+// every output element sums its products in the same order whatever the thread count or the
+// row's place in its slice, so results are bitwise reproducible.
 //
 // Built by seqjax/native_lstm.py with the machine's C++ compiler on first use.
 
@@ -50,10 +52,11 @@ inline vec Load(const float* p) {
 }
 inline void Store(float* p, vec v) { __builtin_memcpy(p, &v, sizeof(vec)); }
 
-// C[m, 0:kPanel] (+)= sum_k A[m * lda + k] * B[k * kPanel + 0:kPanel], for m < M; k ascending.
-template <int M>
+// C[m, 0:kPanel] (+)= sum_k A[m, k] * B[k * ldb + 0:kPanel], for m < M; k ascending. A[m, k]
+// is a[m * lda + k], or a[k * lda + m] if kTransposedA.
+template <int M, bool kTransposedA>
 inline void MicroKernel(long depth, const float* __restrict a, long lda,
-                        const float* __restrict b, float* __restrict c, long ldc,
+                        const float* __restrict b, long ldb, float* __restrict c, long ldc,
                         bool accumulate) {
   vec c0[M], c1[M];
   for (int m = 0; m < M; ++m) {
@@ -61,9 +64,9 @@ inline void MicroKernel(long depth, const float* __restrict a, long lda,
     c1[m] = accumulate ? Load(c + m * ldc + kLanes) : vec{};
   }
   for (long k = 0; k < depth; ++k) {
-    const vec b0 = Load(b + k * kPanel), b1 = Load(b + k * kPanel + kLanes);
+    const vec b0 = Load(b + k * ldb), b1 = Load(b + k * ldb + kLanes);
     for (int m = 0; m < M; ++m) {
-      const float x = a[m * lda + k];
+      const float x = kTransposedA ? a[k * lda + m] : a[m * lda + k];
       c0[m] += x * b0;
       c1[m] += x * b1;
     }
@@ -75,31 +78,41 @@ inline void MicroKernel(long depth, const float* __restrict a, long lda,
 }
 
 // The last `rows` (< kRows) rows of a panel.
-template <int R>
-inline void Tail(long rows, long depth, const float* a, long lda, const float* b, float* c,
-                 long ldc, bool accumulate) {
+template <int R, bool kTransposedA>
+inline void Tail(long rows, long depth, const float* a, long lda, const float* b, long ldb,
+                 float* c, long ldc, bool accumulate) {
   if constexpr (R > 0) {
     if (rows == R) {
-      MicroKernel<R>(depth, a, lda, b, c, ldc, accumulate);
+      MicroKernel<R, kTransposedA>(depth, a, lda, b, ldb, c, ldc, accumulate);
     } else {
-      Tail<R - 1>(rows, depth, a, lda, b, c, ldc, accumulate);
+      Tail<R - 1, kTransposedA>(rows, depth, a, lda, b, ldb, c, ldc, accumulate);
     }
   }
 }
 
-// C (rows, kPanel * panels) (+)= A (rows, depth) @ B, B's panel p (depth, kPanel) at
-// b + p * depth * kPanel. The panel loop is outside so that a panel stays in L1 over all rows.
-void Matmul(long rows, long depth, const float* a, long lda, const float* b, long panels,
-            float* c, long ldc, bool accumulate) {
+// C (rows, kPanel * panels) (+)= A (rows, depth) @ B (depth, kPanel * panels), B's panel p
+// (depth, kPanel) at b + p * panel_stride, its rows ldb apart; A as in MicroKernel. The panel
+// loop is outside so that a panel stays in cache over all rows.
+template <bool kTransposedA>
+void Matmul(long rows, long depth, const float* a, long lda, const float* b, long ldb,
+            long panel_stride, long panels, float* c, long ldc, bool accumulate) {
   for (long p = 0; p < panels; ++p) {
-    const float* bp = b + p * depth * kPanel;
+    const float* bp = b + p * panel_stride;
     float* cp = c + p * kPanel;
     long m = 0;
     for (; m + kRows <= rows; m += kRows) {
-      MicroKernel<kRows>(depth, a + m * lda, lda, bp, cp + m * ldc, ldc, accumulate);
+      const float* am = kTransposedA ? a + m : a + m * lda;
+      MicroKernel<kRows, kTransposedA>(depth, am, lda, bp, ldb, cp + m * ldc, ldc, accumulate);
     }
-    Tail<kRows - 1>(rows - m, depth, a + m * lda, lda, bp, cp + m * ldc, ldc, accumulate);
+    Tail<kRows - 1, kTransposedA>(rows - m, depth, kTransposedA ? a + m : a + m * lda, lda, bp,
+                                  ldb, cp + m * ldc, ldc, accumulate);
   }
+}
+
+// C (rows, kPanel * panels) (+)= A (rows, depth) @ B, B packed by Pack.
+void Matmul(long rows, long depth, const float* a, long lda, const float* b, long panels,
+            float* c, long ldc, bool accumulate) {
+  Matmul<false>(rows, depth, a, lda, b, kPanel, depth * kPanel, panels, c, ldc, accumulate);
 }
 
 long RoundUp(long n, long multiple) { return (n + multiple - 1) / multiple * multiple; }
@@ -153,16 +166,24 @@ int ThreadCount() {
   return count;
 }
 
-// Runs fn(begin, end) over [0, n) split into contiguous parts, one per thread, at least `grain`
-// items each; the calling thread takes the first part.
+// Batch rows are handled in chunks of kChunk: the weights' gradients are summed per chunk, then
+// over the chunks in order, so that no sum depends on how many threads share the batch.
+constexpr long kChunk = 16;
+// Rows (steps x a chunk's rows) of the weights' gradients' matmul: each adds into the sums.
+constexpr long kGradientDepth = 128;
+
+long Chunks(long rows) { return (rows + kChunk - 1) / kChunk; }
+
+// Runs fn(begin, end) over the batch rows [0, n) split into contiguous parts of whole chunks,
+// one part per thread; the calling thread takes the first part.
 template <typename Fn>
-void ParallelFor(long n, long grain, Fn fn) {
-  const long parts = std::max(1L, std::min<long>(ThreadCount(), n / std::max(1L, grain)));
+void ParallelFor(long n, Fn fn) {
+  const long chunks = Chunks(n);
+  const long parts = std::max(1L, std::min<long>(ThreadCount(), chunks));
+  const auto bound = [&](long i) { return std::min(n, chunks * i / parts * kChunk); };
   std::vector<std::thread> threads;
-  for (long i = 1; i < parts; ++i) {
-    threads.emplace_back(fn, n * i / parts, n * (i + 1) / parts);
-  }
-  fn(0L, n / parts);
+  for (long i = 1; i < parts; ++i) threads.emplace_back(fn, bound(i), bound(i + 1));
+  fn(0L, bound(1));
   for (std::thread& thread : threads) thread.join();
 }
 
@@ -234,17 +255,65 @@ void ForwardRows(const Shapes& s, long b0, long b1, const float* xw, const Proje
   std::memcpy(h_final + b0 * H, h.data(), rows * H * sizeof(float));
 }
 
-// Backward over batch rows [b0, b1): d xw (T, B, 4H) from the forward's residuals and the
-// output's gradient, dh_final (B, H) or dhs (T, B, H) (the other null).
-// With `kernel_t` (the input kernel's transpose, packed), also d inputs (T, B, E).
+// One step's d xw (dz) of one row, and the row's dc carried to the step before, from the
+// gates' tanh (4H), c and c before, dh and dc.
+inline void GateGradients(long H, const float* __restrict gates, const float* __restrict c,
+                          const float* __restrict c_before, const float* __restrict dh,
+                          float* __restrict dc, float* __restrict dz) {
+  const float *gi = gates, *gf = gates + H, *gg = gates + 2 * H, *go = gates + 3 * H;
+  for (long j = 0; j < H; ++j) {
+    const float i = gi[j] * 0.5f + 0.5f, f = gf[j] * 0.5f + 0.5f, o = go[j] * 0.5f + 0.5f;
+    const float tanh_c = Tanh(c[j]);
+    const float dc_total = dc[j] + dh[j] * o * (1.0f - tanh_c * tanh_c);
+    dz[j] = dc_total * gg[j] * 0.5f * (1.0f - gi[j] * gi[j]);
+    dz[H + j] = dc_total * c_before[j] * 0.5f * (1.0f - gf[j] * gf[j]);
+    dz[2 * H + j] = dc_total * i * (1.0f - gg[j] * gg[j]);
+    dz[3 * H + j] = dh[j] * tanh_c * 0.5f * (1.0f - go[j] * go[j]);
+    dc[j] = dc_total * f;
+  }
+}
+
+// What the backward pass adds the weights' gradients into, when it computes them: per chunk of
+// kChunk batch rows, a (D, Gp) block of sums, D = E + H + 1: the input kernel's gradient
+// (E rows), the recurrent kernel's (H rows) and the bias's (1 row), each sum over the steps and
+// the chunk's rows of [x_t, h_before * recurrent mask, 1] outer d xw_t.
+struct WeightGradients {
+  const float* inputs = nullptr;  // x (T, B, E)
+  const float* hs = nullptr;      // h (T, B, H)
+  float* sums = nullptr;          // (Chunks(B), D, Gp)
+};
+
+// Backward over batch rows [b0, b1) (b0 a multiple of kChunk): from the forward's residuals and
+// the output's gradient, dh_final (B, H) or dhs (T, B, H) (the other null), d xw (T, B, 4H)
+// where `dxw` is given; with `kernel_t` (the input kernel's transpose, packed), d inputs
+// (T, B, E); with `weights.sums`, the weights' gradients.
 void BackwardRows(const Shapes& s, long b0, long b1, const float* gates, const float* cs,
                   const float* packed_t, const bool* mask, const float* recurrent_mask,
                   bool reverse, const float* dh_final, const float* dhs, float* dxw,
-                  long features, const float* kernel_t, float* d_inputs) {
+                  long features, const float* kernel_t, float* d_inputs,
+                  const WeightGradients& weights) {
   const long rows = b1 - b0, H = s.units, G = 4 * H, Hp = RoundUp(H, kPanel);
-  const long E = features, Ep = RoundUp(E, kPanel);
+  const long Gp = RoundUp(G, kPanel), E = features, Ep = RoundUp(E, kPanel), D = E + H + 1;
+  // Each chunk keeps `slots` steps of d xw (and of [x, h_before, 1]), the rows of a step
+  // together, for one matmul into the sums when the slots are full.
+  const long chunks = Chunks(rows), slots = weights.sums ? kGradientDepth / kChunk : 1;
+  const auto chunk_rows = [&](long c) { return std::min(kChunk, rows - c * kChunk); };
+  const auto at = [&](long slot, long r) {  // Row r's place in the chunk buffers at `slot`.
+    const long c = r / kChunk;
+    return c * slots * kChunk + slot * chunk_rows(c) + r % kChunk;
+  };
   std::vector<float> dh(rows * H, 0.0f), dc(rows * H, 0.0f), dh_prev(rows * Hp, 0.0f);
-  std::vector<float> dz(rows * G, 0.0f), dx(d_inputs ? rows * Ep : 0, 0.0f);
+  std::vector<float> dz(chunks * slots * kChunk * Gp, 0.0f), dx(d_inputs ? rows * Ep : 0, 0.0f);
+  std::vector<float> xh(weights.sums ? chunks * slots * kChunk * D : 0, 0.0f), zeros(H, 0.0f);
+  long slot = 0;
+  const auto add_to_sums = [&] {
+    for (long c = 0; c < chunks; ++c) {
+      const long first = at(0, c * kChunk);
+      Matmul<true>(D, slot * chunk_rows(c), &xh[first * D], D, &dz[first * Gp], Gp, kPanel,
+                   Gp / kPanel, weights.sums + (b0 / kChunk + c) * D * Gp, Gp, true);
+    }
+    slot = 0;
+  };
   if (dh_final) std::memcpy(dh.data(), dh_final + b0 * H, rows * H * sizeof(float));
   for (long step = s.steps - 1; step >= 0; --step) {
     const long t = reverse ? s.steps - 1 - step : step;
@@ -258,50 +327,56 @@ void BackwardRows(const Shapes& s, long b0, long b1, const float* gates, const f
       for (long k = 0; k < rows * H; ++k) dh[k] += dhs_t[k];
     }
     if (!any) {
-      std::memset(dxw + (t * s.batch + b0) * G, 0, rows * G * sizeof(float));
+      if (dxw) std::memset(dxw + (t * s.batch + b0) * G, 0, rows * G * sizeof(float));
       if (d_inputs) std::memset(d_inputs + (t * s.batch + b0) * E, 0, rows * E * sizeof(float));
       continue;
     }
     for (long r = 0; r < rows; ++r) {
-      const long at = (t * s.batch + b0 + r) * H;
+      const long at_h = (t * s.batch + b0 + r) * H;
       float* dhr = &dh[r * H];
-      float* dzr = &dz[r * G];
+      float* dzr = &dz[at(slot, r) * Gp];
+      if (weights.sums) {
+        float* xhr = &xh[at(slot, r) * D];
+        std::memcpy(xhr, weights.inputs + (t * s.batch + b0 + r) * E, E * sizeof(float));
+        if (has_before) {
+          std::memcpy(xhr + E, weights.hs + (before * s.batch + b0 + r) * H, H * sizeof(float));
+          if (recurrent_mask) {
+            const float* rm = recurrent_mask + (b0 + r) * H;
+            for (long j = 0; j < H; ++j) xhr[E + j] *= rm[j];
+          }
+        } else {
+          std::fill(xhr + E, xhr + E + H, 0.0f);
+        }
+        xhr[E + H] = 1.0f;
+      }
       if (keep && !keep[r]) {  // Padding: no gradient to xw; dh and dc pass through.
         std::fill(dzr, dzr + G, 0.0f);
         continue;
       }
-      const float* gt = gates + (t * s.batch + b0 + r) * G;
-      const float *gi = gt, *gf = gt + H, *gg = gt + 2 * H, *go = gt + 3 * H;
-      const float* c = cs + at;
-      const float* c_prev = has_before ? cs + (before * s.batch + b0 + r) * H : nullptr;
-      float* dcr = &dc[r * H];
-      for (long j = 0; j < H; ++j) {
-        const float i = gi[j] * 0.5f + 0.5f, f = gf[j] * 0.5f + 0.5f, o = go[j] * 0.5f + 0.5f;
-        const float tanh_c = Tanh(c[j]);
-        const float dc_total = dcr[j] + dhr[j] * o * (1.0f - tanh_c * tanh_c);
-        const float cp = c_prev ? c_prev[j] : 0.0f;
-        dzr[j] = dc_total * gg[j] * 0.5f * (1.0f - gi[j] * gi[j]);
-        dzr[H + j] = dc_total * cp * 0.5f * (1.0f - gf[j] * gf[j]);
-        dzr[2 * H + j] = dc_total * i * (1.0f - gg[j] * gg[j]);
-        dzr[3 * H + j] = dhr[j] * tanh_c * 0.5f * (1.0f - go[j] * go[j]);
-        dcr[j] = dc_total * f;
+      GateGradients(H, gates + (t * s.batch + b0 + r) * G, cs + at_h,
+                    has_before ? cs + (before * s.batch + b0 + r) * H : zeros.data(), dhr,
+                    &dc[r * H], dzr);
+    }
+    for (long c = 0; c < chunks; ++c) {
+      const float* dz_c = &dz[at(slot, c * kChunk) * Gp];
+      Matmul(chunk_rows(c), G, dz_c, Gp, packed_t, Hp / kPanel, &dh_prev[c * kChunk * Hp], Hp,
+             false);
+      if (d_inputs) {
+        Matmul(chunk_rows(c), G, dz_c, Gp, kernel_t, Ep / kPanel, &dx[c * kChunk * Ep], Ep, false);
       }
     }
-    Matmul(rows, G, dz.data(), G, packed_t, Hp / kPanel, dh_prev.data(), Hp, false);
     for (long r = 0; r < rows; ++r) {
-      float* dhr = &dh[r * H];
+      const long row = t * s.batch + b0 + r;
+      if (dxw) std::memcpy(dxw + row * G, &dz[at(slot, r) * Gp], G * sizeof(float));
+      if (d_inputs) std::memcpy(d_inputs + row * E, &dx[r * Ep], E * sizeof(float));
       if (keep && !keep[r]) continue;
+      float* dhr = &dh[r * H];
       const float* rm = recurrent_mask ? recurrent_mask + (b0 + r) * H : nullptr;
       for (long j = 0; j < H; ++j) dhr[j] = rm ? dh_prev[r * Hp + j] * rm[j] : dh_prev[r * Hp + j];
     }
-    std::memcpy(dxw + (t * s.batch + b0) * G, dz.data(), rows * G * sizeof(float));
-    if (d_inputs) {
-      Matmul(rows, G, dz.data(), G, kernel_t, Ep / kPanel, dx.data(), Ep, false);
-      for (long r = 0; r < rows; ++r) {
-        std::memcpy(d_inputs + (t * s.batch + b0 + r) * E, &dx[r * Ep], E * sizeof(float));
-      }
-    }
+    if (weights.sums && ++slot == slots) add_to_sums();
   }
+  if (weights.sums && slot > 0) add_to_sums();
 }
 
 }  // namespace
@@ -334,39 +409,62 @@ ffi::Error LstmForwardImpl(ffi::Buffer<ffi::F32> xw, ffi::Buffer<ffi::F32> recur
   float* hs_out = hs->element_count() ? hs->typed_data() : nullptr;
   float* cs_out = cs->element_count() ? cs->typed_data() : nullptr;
   float* gates_out = gates->element_count() ? gates->typed_data() : nullptr;
-  ParallelFor(s.batch, 4, [&](long b0, long b1) {
+  ParallelFor(s.batch, [&](long b0, long b1) {
     ForwardRows(s, b0, b1, project ? nullptr : xw.typed_data(), in, packed.data(), m, rm,
                 reverse != 0, h_final->typed_data(), hs_out, cs_out, gates_out);
   });
   return ffi::Error::Success();
 }
 
-// d xw and, with the input kernel (E, 4H) (else empty), d inputs (T, B, E). The weights'
-// gradients are large matmuls over every step, left to XLA (models.lstm_weight_gradients).
+// Either d xw (T, B, 4H), or, given the input kernel (E, 4H), its inputs (T, B, E) and the
+// forward's hs (T, B, H), d inputs (T, B, E) and the gradients of the input kernel, the
+// recurrent kernel and the bias (d xw then empty: never written out).
 ffi::Error LstmBackwardImpl(ffi::Buffer<ffi::F32> gates, ffi::Buffer<ffi::F32> cs,
                             ffi::Buffer<ffi::F32> recurrent_kernel, ffi::Buffer<ffi::PRED> mask,
                             ffi::Buffer<ffi::F32> recurrent_mask, ffi::Buffer<ffi::F32> dh_final,
                             ffi::Buffer<ffi::F32> dhs, ffi::Buffer<ffi::F32> kernel,
+                            ffi::Buffer<ffi::F32> inputs, ffi::Buffer<ffi::F32> hs,
                             int32_t reverse, ffi::ResultBuffer<ffi::F32> dxw,
-                            ffi::ResultBuffer<ffi::F32> d_inputs) {
+                            ffi::ResultBuffer<ffi::F32> d_inputs,
+                            ffi::ResultBuffer<ffi::F32> d_kernel,
+                            ffi::ResultBuffer<ffi::F32> d_recurrent_kernel,
+                            ffi::ResultBuffer<ffi::F32> d_bias) {
   const auto dims = cs.dimensions();
   if (dims.size() != 3) return ffi::Error::InvalidArgument("cs must be (T, B, H)");
   const Shapes s{dims[0], dims[1], dims[2]};
-  const long G = 4 * s.units;
-  const std::vector<float> packed_t = Pack(recurrent_kernel.typed_data(), G, s.units, true);
+  const long H = s.units, G = 4 * H, Gp = RoundUp(G, kPanel);
+  const std::vector<float> packed_t = Pack(recurrent_kernel.typed_data(), G, H, true);
   const bool project = kernel.element_count() != 0;
-  const long features = project ? kernel.dimensions()[0] : 0;
+  const long E = project ? kernel.dimensions()[0] : 0, D = E + H + 1;
   const std::vector<float> kernel_t =
-      project ? Pack(kernel.typed_data(), G, features, true) : std::vector<float>();
+      project ? Pack(kernel.typed_data(), G, E, true) : std::vector<float>();
   const bool* m = mask.element_count() ? mask.typed_data() : nullptr;
   const float* rm = recurrent_mask.element_count() ? recurrent_mask.typed_data() : nullptr;
   const float* dh = dh_final.element_count() ? dh_final.typed_data() : nullptr;
   const float* dh_seq = dhs.element_count() ? dhs.typed_data() : nullptr;
-  ParallelFor(s.batch, 4, [&](long b0, long b1) {
+  const bool sum_weights = project && inputs.element_count() != 0;
+  std::vector<float> sums(sum_weights ? Chunks(s.batch) * D * Gp : 0, 0.0f);
+  WeightGradients weights;
+  if (sum_weights) weights = {inputs.typed_data(), hs.typed_data(), sums.data()};
+  ParallelFor(s.batch, [&](long b0, long b1) {
     BackwardRows(s, b0, b1, gates.typed_data(), cs.typed_data(), packed_t.data(), m, rm,
-                 reverse != 0, dh, dh_seq, dxw->typed_data(), features, kernel_t.data(),
-                 project ? d_inputs->typed_data() : nullptr);
+                 reverse != 0, dh, dh_seq, dxw->element_count() ? dxw->typed_data() : nullptr,
+                 E, kernel_t.data(), project ? d_inputs->typed_data() : nullptr, weights);
   });
+  if (sum_weights) {  // Chunk by chunk, in order.
+    float* outs[3] = {d_kernel->typed_data(), d_recurrent_kernel->typed_data(),
+                      d_bias->typed_data()};
+    const long first_row[3] = {0, E, E + H}, count[3] = {E, H, 1};
+    for (int o = 0; o < 3; ++o) {
+      std::fill(outs[o], outs[o] + count[o] * G, 0.0f);
+      for (long c = 0; c < Chunks(s.batch); ++c) {
+        for (long i = 0; i < count[o]; ++i) {
+          const float* sum = &sums[(c * D + first_row[o] + i) * Gp];
+          for (long j = 0; j < G; ++j) outs[o][i * G + j] += sum[j];
+        }
+      }
+    }
+  }
   return ffi::Error::Success();
 }
 
@@ -382,4 +480,5 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(
 XLA_FFI_DEFINE_HANDLER_SYMBOL(
     SeqjaxLstmBackward, LstmBackwardImpl,
     ffi::Ffi::Bind().Arg<F32>().Arg<F32>().Arg<F32>().Arg<Pred>().Arg<F32>().Arg<F32>()
-        .Arg<F32>().Arg<F32>().Attr<int32_t>("reverse").Ret<F32>().Ret<F32>());
+        .Arg<F32>().Arg<F32>().Arg<F32>().Arg<F32>().Attr<int32_t>("reverse").Ret<F32>()
+        .Ret<F32>().Ret<F32>().Ret<F32>().Ret<F32>());

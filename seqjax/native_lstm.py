@@ -187,24 +187,43 @@ def forward(xw: Array | None, recurrent_kernel: Array, mask: Array | None,
 
 
 def backward(gate_tanh: Array, cs: Array, recurrent_kernel: Array, mask: Array | None,
-             recurrent_mask: Array | None, grad: Array, reverse: bool, sequences: bool,
-             kernel: Array | None = None) -> tuple[Array, Array]:
+             recurrent_mask: Array | None, grad: Array, reverse: bool, sequences: bool) -> Array:
   """`forward`'s gradient through the time loop: from its residuals and the gradient of its
-  output, grad (B, H), or (T, B, H) with `sequences` -> d xw (T, B, 4H) and, given the
-  projection's kernel (E, 4H), d inputs (T, B, E) (else an empty array). The weights'
-  gradients are left to XLA (`models.recurrent_kernel_gradient`, `models.lstm_layer`).
-  """
+  output, grad (B, H), or (T, B, H) with `sequences` -> d xw (T, B, 4H). The recurrent
+  kernel's gradient is left to XLA (`models.recurrent_kernel_gradient`)."""
+  return _backward(gate_tanh, cs, recurrent_kernel, mask, recurrent_mask, grad, reverse,
+                   sequences)[0]
+
+
+def backward_projected(gate_tanh: Array, cs: Array, hs: Array, recurrent_kernel: Array,
+                       mask: Array | None, recurrent_mask: Array | None, grad: Array,
+                       reverse: bool, sequences: bool, inputs: Array, kernel: Array
+                       ) -> tuple[Array, Array, Array, Array]:
+  """`backward` where the forward pass projected `inputs` (T, B, E) with `kernel` (E, 4H), given
+  also its hs (T, B, H) -> the gradients of the inputs, the kernel, the recurrent kernel and
+  the bias. The kernel sums the weights' gradients itself, a few steps at a time while each
+  step's d xw is in cache, and never writes d xw out."""
+  return _backward(gate_tanh, cs, recurrent_kernel, mask, recurrent_mask, grad, reverse,
+                   sequences, inputs, kernel, hs)[1:]
+
+
+def _backward(gate_tanh, cs, recurrent_kernel, mask, recurrent_mask, grad, reverse, sequences,
+              inputs=None, kernel=None, hs=None) -> tuple[Array, ...]:
   _require()
   f32 = jnp.float32
   empty = jnp.zeros((0,), f32)
-  steps, batch = gate_tanh.shape[:2]
+  steps, batch, gates = gate_tanh.shape
+  units = gates // 4
   shape = lambda *s: jax.ShapeDtypeStruct(s, f32)
-  outputs = (shape(*gate_tanh.shape),
-             shape(steps, batch, kernel.shape[0]) if kernel is not None else shape(0))
+  if kernel is None:
+    outputs = (shape(steps, batch, gates), shape(0), shape(0), shape(0), shape(0))
+  else:
+    outputs = (shape(0), shape(steps, batch, kernel.shape[0]), shape(*kernel.shape),
+               shape(units, gates), shape(gates))
   return jax.ffi.ffi_call(BACKWARD, outputs, vmap_method="sequential")(
       gate_tanh, cs, recurrent_kernel, _optional(mask, bool), _optional(recurrent_mask, f32),
       empty if sequences else grad, grad if sequences else empty, _optional(kernel, f32),
-      reverse=np.int32(reverse))
+      _optional(inputs, f32), _optional(hs, f32), reverse=np.int32(reverse))
 
 
 def path_in_use() -> str:

@@ -76,6 +76,34 @@ def test_kernel_equals_the_scan_outputs_and_gradients(monkeypatch, shape, flags)
     assert np.abs(scan[2]).max() > 0.1  # The recurrent kernel's gradient is not trivially 0.
 
 
+@pytest.mark.parametrize("shape, flags", [((20, 37, 13), (True, True, False, False)),
+                                          ((20, 37, 13), (True, False, True, True)),
+                                          ((1, 3, 5), (False, True, True, False)),
+                                          ((9, 70, 100), (False, False, False, True))])
+def test_layer_gradients_summed_in_the_kernel_equal_the_scan_path(monkeypatch, shape, flags):
+  """lstm_layer, whose weights' gradients the kernel sums itself (over chunks of 16 rows and
+  blocks of steps), against the scan path's: inputs, kernel, bias and recurrent kernel."""
+  masked, dropout, reverse, sequences = flags
+  steps, batch, units = shape
+  xw, recurrent_kernel, mask, recurrent_mask = recurrence_inputs(*shape, masked, dropout)
+  rng = np.random.default_rng(2)
+  inputs = rng.normal(size=(steps, batch, 6)).astype(np.float32)
+  kernel = (rng.normal(size=(6, 4 * units)) / 3).astype(np.float32)
+  bias = rng.normal(size=4 * units).astype(np.float32)
+
+  def gradients(path):
+    use(monkeypatch, path)
+    run = lambda *weights: models.lstm_layer(*weights[:3], weights[3], mask, recurrent_mask,
+                                             reverse, sequences)
+    out = run(inputs, kernel, bias, recurrent_kernel)
+    weights = np.random.default_rng(1).normal(size=out.shape).astype(np.float32)
+    return jax.grad(lambda *a: jnp.sum(run(*a) * weights), argnums=(0, 1, 2, 3))(
+        inputs, kernel, bias, recurrent_kernel)
+
+  for got, want in zip(gradients("native"), gradients("scan"), strict=True):
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("bidirectional", [False, True])
 def test_lstm_module_gradients_equal_the_scan_path(monkeypatch, bidirectional):
   """Through models.LSTM / Bidirectional with padding and both dropouts: the gradients to the
@@ -120,13 +148,17 @@ rng = np.random.default_rng(0)
 xw = rng.normal(size=(30, 45, 4 * 20)).astype(np.float32)
 rk = (rng.normal(size=(20, 80)) / 5).astype(np.float32)
 run = lambda xw, rk: jnp.sum(models.lstm_recurrence(xw, rk, None, None, False, True) ** 2)
-out = [run(xw, rk), *jax.grad(run, argnums=(0, 1))(xw, rk)]
+x, kernel, bias = xw[..., :7], rk[:7] / 2, xw[0, 0]
+layer = lambda *w: jnp.sum(models.lstm_layer(*w, None, None, True, True) ** 2)
+out = [run(xw, rk), *jax.grad(run, argnums=(0, 1))(xw, rk),
+       *jax.grad(layer, argnums=(0, 1, 2, 3))(x, kernel, bias, rk)]
 np.savez(sys.argv[1], *map(np.asarray, out))
 """
 
 
 def test_results_do_not_depend_on_the_thread_count(tmp_path):
-  """Each batch row's sums run in one fixed order, whichever thread takes the row."""
+  """Each batch row's sums run in one fixed order, whichever thread takes the row, and the
+  weights' gradients sum fixed chunks of rows in a fixed order."""
   results = []
   for threads in (1, 4):
     path = tmp_path / f"{threads}.npz"
