@@ -196,17 +196,31 @@ struct Shapes {
 struct Projection {
   long features = 0;
   const float* inputs = nullptr;
-  std::vector<float> packed;
   const float* bias = nullptr;
 };
 
+// One step of one row: the gates' tanh from their scaled pre-activations z (4H, in place),
+// then c and h.
+inline void GateStep(long H, float* __restrict z, float* __restrict c, float* __restrict h) {
+  for (long j = 0; j < 4 * H; ++j) z[j] = Tanh(z[j]);
+  const float *gi = z, *gf = z + H, *gg = z + 2 * H, *go = z + 3 * H;
+  for (long j = 0; j < H; ++j) {
+    const float i = gi[j] * 0.5f + 0.5f, f = gf[j] * 0.5f + 0.5f, o = go[j] * 0.5f + 0.5f;
+    c[j] = f * c[j] + i * gg[j];
+    h[j] = o * Tanh(c[j]);
+  }
+}
+
 // Forward over batch rows [b0, b1). Writes h_final (B, H) and, where given, hs, cs (T, B, H)
-// and gates (T, B, 4H), the tanh of the scaled pre-activations.
+// and gates (T, B, 4H), the tanh of the scaled pre-activations. `packed` holds the input
+// kernel's rows, if projecting, above the recurrent kernel's: one matmul of [x_t, h] a step.
 void ForwardRows(const Shapes& s, long b0, long b1, const float* xw, const Projection& in,
                  const float* packed, const bool* mask, const float* recurrent_mask, bool reverse,
                  float* h_final, float* hs, float* cs, float* gates) {
   const long rows = b1 - b0, H = s.units, G = 4 * H, Gp = RoundUp(G, kPanel);
-  std::vector<float> c(rows * H, 0.0f), h(rows * H, 0.0f), hm(rows * H, 0.0f), z(rows * Gp, 0.0f);
+  const long E = in.features, D = E + H;
+  // xh: each row's [x_t, h * recurrent mask], the matmul's input.
+  std::vector<float> c(rows * H, 0.0f), h(rows * H, 0.0f), xh(rows * D, 0.0f), z(rows * Gp, 0.0f);
   for (long step = 0; step < s.steps; ++step) {
     const long t = reverse ? s.steps - 1 - step : step;
     const bool* keep = mask ? mask + t * s.batch + b0 : nullptr;
@@ -214,35 +228,23 @@ void ForwardRows(const Shapes& s, long b0, long b1, const float* xw, const Proje
     for (long r = 0; r < rows && !any; ++r) any = keep[r];
     float* gates_t = gates ? gates + (t * s.batch + b0) * G : nullptr;
     if (any) {
-      const float* hin = h.data();
-      if (recurrent_mask) {
-        for (long r = 0; r < rows; ++r) {
-          const float* rm = recurrent_mask + (b0 + r) * H;
-          for (long j = 0; j < H; ++j) hm[r * H + j] = h[r * H + j] * rm[j];
-        }
-        hin = hm.data();
-      }
       for (long r = 0; r < rows; ++r) {
-        std::memcpy(&z[r * Gp], xw ? xw + (t * s.batch + b0 + r) * G : in.bias, G * sizeof(float));
+        const long row = t * s.batch + b0 + r;
+        std::memcpy(&z[r * Gp], xw ? xw + row * G : in.bias, G * sizeof(float));
+        // x_t @ kernel here rather than in XLA: no (T, B, 4H) xw in memory.
+        if (E) std::memcpy(&xh[r * D], in.inputs + row * E, E * sizeof(float));
       }
-      if (!xw) {  // z = bias + x_t @ kernel, here rather than in XLA: no (T, B, 4H) xw in memory.
-        Matmul(rows, in.features, in.inputs + (t * s.batch + b0) * in.features, in.features,
-               in.packed.data(), Gp / kPanel, z.data(), Gp, true);
-      }
-      Matmul(rows, H, hin, H, packed, Gp / kPanel, z.data(), Gp, true);
+      Matmul(rows, D, xh.data(), D, packed, Gp / kPanel, z.data(), Gp, true);
     }
     for (long r = 0; r < rows; ++r) {
       float* zr = &z[r * Gp];
       float* cr = &c[r * H];
       float* hr = &h[r * H];
       if (keep == nullptr || keep[r]) {
-        for (long j = 0; j < G; ++j) zr[j] = Tanh(zr[j]);
-        const float *gi = zr, *gf = zr + H, *gg = zr + 2 * H, *go = zr + 3 * H;
-        for (long j = 0; j < H; ++j) {
-          const float i = gi[j] * 0.5f + 0.5f, f = gf[j] * 0.5f + 0.5f, o = go[j] * 0.5f + 0.5f;
-          cr[j] = f * cr[j] + i * gg[j];
-          hr[j] = o * Tanh(cr[j]);
-        }
+        GateStep(H, zr, cr, hr);
+        const float* rm = recurrent_mask ? recurrent_mask + (b0 + r) * H : nullptr;
+        float* h_in = &xh[r * D + E];
+        for (long j = 0; j < H; ++j) h_in[j] = rm ? hr[j] * rm[j] : hr[j];
       } else {
         std::fill(zr, zr + G, 0.0f);  // Never read: the backward pass zeroes padded steps.
       }
@@ -395,15 +397,15 @@ ffi::Error LstmForwardImpl(ffi::Buffer<ffi::F32> xw, ffi::Buffer<ffi::F32> recur
     return ffi::Error::InvalidArgument("expected xw or inputs (T, B, .), recurrent_kernel (H, 4H)");
   }
   const Shapes s{dims[0], dims[1], rk_dims[0]};
+  const long G = 4 * s.units;
   Projection in;
+  std::vector<float> weights(recurrent_kernel.typed_data(),
+                             recurrent_kernel.typed_data() + s.units * G);
   if (project) {
-    in.features = dims[2];
-    in.inputs = inputs.typed_data();
-    in.packed = Pack(kernel.typed_data(), in.features, 4 * s.units, false);
-    in.bias = bias.typed_data();
+    in = {dims[2], inputs.typed_data(), bias.typed_data()};
+    weights.insert(weights.begin(), kernel.typed_data(), kernel.typed_data() + in.features * G);
   }
-  const std::vector<float> packed =
-      Pack(recurrent_kernel.typed_data(), s.units, 4 * s.units, false);
+  const std::vector<float> packed = Pack(weights.data(), in.features + s.units, G, false);
   const bool* m = mask.element_count() ? mask.typed_data() : nullptr;
   const float* rm = recurrent_mask.element_count() ? recurrent_mask.typed_data() : nullptr;
   float* hs_out = hs->element_count() ? hs->typed_data() : nullptr;
