@@ -41,7 +41,7 @@ static double Now() {
 // out[0], out[1]: seconds per z = xw + h @ w, (rows, 4H), by the micro-kernel and by sgemm.
 extern "C" void Compare(void* sgemm_pointer, int rows, int units, int calls, double* out) {
   Sgemm* sgemm = reinterpret_cast<Sgemm*>(sgemm_pointer);
-  const int G = 4 * units, Gp = RoundUp(G, kPanel);
+  const int G = 4 * units, Gp = Padded(G);
   std::vector<float> w(units * G), h(rows * units), z(rows * Gp), xw(rows * G, 0.5f);
   for (size_t i = 0; i < w.size(); ++i) w[i] = (i % 13) * 0.01f;
   for (size_t i = 0; i < h.size(); ++i) h[i] = (i % 7) * 0.1f;
@@ -49,7 +49,7 @@ extern "C" void Compare(void* sgemm_pointer, int rows, int units, int calls, dou
   double start = Now();
   for (int call = 0; call < calls; ++call) {
     for (long r = 0; r < rows; ++r) std::memcpy(&z[r * Gp], &xw[r * G], G * sizeof(float));
-    Matmul(rows, units, h.data(), units, packed.data(), Gp / kPanel, z.data(), Gp, true);
+    Matmul(rows, units, h.data(), units, packed.data(), Gp, z.data(), Gp, true);
   }
   out[0] = (Now() - start) / calls;
   const float one = 1.0f;

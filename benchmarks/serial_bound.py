@@ -60,14 +60,14 @@ NATIVE_CHAIN = r"""
 // backward dz = tile(tanh(dz @ w^T), 4) (w^T packed once, as the kernel packs it).
 extern "C" double NativeChain(int backward, int rows, int units, int steps) {
   const long in = backward ? 4 * units : units, out = backward ? units : 4 * units;
-  const long padded = RoundUp(out, kPanel);
+  const long padded = Padded(out);
   std::vector<float> w(in * out);
   for (size_t i = 0; i < w.size(); ++i) w[i] = ((i % 13) - 6.0f) * 0.01f;
   const std::vector<float> packed = Pack(w.data(), in, out, false);
   std::vector<float> x(rows * in, 0.1f), y(rows * padded);
   const auto start = std::chrono::steady_clock::now();
   for (int step = 0; step < steps; ++step) {
-    Matmul(rows, in, x.data(), in, packed.data(), padded / kPanel, y.data(), padded, false);
+    Matmul(rows, in, x.data(), in, packed.data(), padded, y.data(), padded, false);
     for (long r = 0; r < rows; ++r) {
       float* xr = &x[r * in];
       for (long j = 0; j < units; ++j) xr[j] = Tanh(y[r * padded + j]);

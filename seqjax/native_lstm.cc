@@ -25,6 +25,9 @@
 #if defined(__linux__)
 #include <sched.h>
 #endif
+#if defined(__FMA__)
+#include <immintrin.h>
+#endif
 
 #include "xla/ffi/api/ffi.h"
 
@@ -52,81 +55,108 @@ inline vec Load(const float* p) {
 }
 inline void Store(float* p, vec v) { __builtin_memcpy(p, &v, sizeof(vec)); }
 
-// C[m, 0:kPanel] (+)= sum_k A[m, k] * B[k * ldb + 0:kPanel], for m < M; k ascending. A[m, k]
-// is a[m * lda + k], or a[k * lda + m] if kTransposedA.
-template <int M, bool kTransposedA>
+// c + a * b, rounded once. Spelled out on x86 because GCC, tuned for AMD, splits a loop's only
+// chain of multiply-adds into multiplies and adds (a shorter chain), which round twice: the
+// result would then depend on the micro-kernel's shape.
+inline vec Fma(float a, vec b, vec c) {
+#if defined(__AVX512F__)
+  return _mm512_fmadd_ps(_mm512_set1_ps(a), b, c);
+#elif defined(__FMA__)
+  return _mm256_fmadd_ps(_mm256_set1_ps(a), b, c);
+#else
+  return c + a * b;  // -ffp-contract=fast fuses it where the CPU can.
+#endif
+}
+
+// C[m, 0:V * kLanes] (+)= sum_k A[m, k] * B[k * ldb + 0:V * kLanes], for m < M; k ascending.
+// A[m, k] is a[m * lda + k], or a[k * lda + m] if kTransposedA.
+template <int M, int V, bool kTransposedA>
 inline void MicroKernel(long depth, const float* __restrict a, long lda,
                         const float* __restrict b, long ldb, float* __restrict c, long ldc,
                         bool accumulate) {
-  vec c0[M], c1[M];
-  for (int m = 0; m < M; ++m) {
-    c0[m] = accumulate ? Load(c + m * ldc) : vec{};
-    c1[m] = accumulate ? Load(c + m * ldc + kLanes) : vec{};
+  vec acc[V][M];
+  for (int v = 0; v < V; ++v) {
+    for (int m = 0; m < M; ++m) acc[v][m] = accumulate ? Load(c + m * ldc + v * kLanes) : vec{};
   }
   for (long k = 0; k < depth; ++k) {
-    const vec b0 = Load(b + k * ldb), b1 = Load(b + k * ldb + kLanes);
+    vec bk[V];
+    for (int v = 0; v < V; ++v) bk[v] = Load(b + k * ldb + v * kLanes);
     for (int m = 0; m < M; ++m) {
       const float x = kTransposedA ? a[k * lda + m] : a[m * lda + k];
-      c0[m] += x * b0;
-      c1[m] += x * b1;
+      for (int v = 0; v < V; ++v) acc[v][m] = Fma(x, bk[v], acc[v][m]);
     }
   }
-  for (int m = 0; m < M; ++m) {
-    Store(c + m * ldc, c0[m]);
-    Store(c + m * ldc + kLanes, c1[m]);
+  for (int v = 0; v < V; ++v) {
+    for (int m = 0; m < M; ++m) Store(c + m * ldc + v * kLanes, acc[v][m]);
   }
 }
 
 // The last `rows` (< kRows) rows of a panel.
-template <int R, bool kTransposedA>
+template <int R, int V, bool kTransposedA>
 inline void Tail(long rows, long depth, const float* a, long lda, const float* b, long ldb,
                  float* c, long ldc, bool accumulate) {
   if constexpr (R > 0) {
     if (rows == R) {
-      MicroKernel<R, kTransposedA>(depth, a, lda, b, ldb, c, ldc, accumulate);
+      MicroKernel<R, V, kTransposedA>(depth, a, lda, b, ldb, c, ldc, accumulate);
     } else {
-      Tail<R - 1, kTransposedA>(rows, depth, a, lda, b, ldb, c, ldc, accumulate);
+      Tail<R - 1, V, kTransposedA>(rows, depth, a, lda, b, ldb, c, ldc, accumulate);
     }
   }
 }
 
-// C (rows, kPanel * panels) (+)= A (rows, depth) @ B (depth, kPanel * panels), B's panel p
-// (depth, kPanel) at b + p * panel_stride, its rows ldb apart; A as in MicroKernel. The panel
-// loop is outside so that a panel stays in cache over all rows.
+// C (rows, V * kLanes) (+)= A (rows, depth) @ B (depth, V * kLanes), B's rows ldb apart.
+template <int V, bool kTransposedA>
+void Panel(long rows, long depth, const float* a, long lda, const float* b, long ldb, float* c,
+           long ldc, bool accumulate) {
+  long m = 0;
+  for (; m + kRows <= rows; m += kRows) {
+    const float* am = kTransposedA ? a + m : a + m * lda;
+    MicroKernel<kRows, V, kTransposedA>(depth, am, lda, b, ldb, c + m * ldc, ldc, accumulate);
+  }
+  Tail<kRows - 1, V, kTransposedA>(rows - m, depth, kTransposedA ? a + m : a + m * lda, lda, b,
+                                   ldb, c + m * ldc, ldc, accumulate);
+}
+
+// Columns as the matmuls compute them: whole vectors.
+long RoundUp(long n, long multiple) { return (n + multiple - 1) / multiple * multiple; }
+long Padded(long cols) { return RoundUp(cols, kLanes); }
+
+// C (rows, cols) (+)= A (rows, depth) @ B (depth, cols), cols a multiple of kLanes: panels of
+// kPanel columns, then one of kLanes if cols is an odd number of vectors. B's panel p starts at
+// b + p * panel_stride, its rows ldb apart (last_ldb in a last narrow panel); A as in
+// MicroKernel. The panel loop is outside so that a panel stays in cache over all rows.
 template <bool kTransposedA>
 void Matmul(long rows, long depth, const float* a, long lda, const float* b, long ldb,
-            long panel_stride, long panels, float* c, long ldc, bool accumulate) {
+            long last_ldb, long panel_stride, long cols, float* c, long ldc, bool accumulate) {
+  const long panels = cols / kPanel;
   for (long p = 0; p < panels; ++p) {
-    const float* bp = b + p * panel_stride;
-    float* cp = c + p * kPanel;
-    long m = 0;
-    for (; m + kRows <= rows; m += kRows) {
-      const float* am = kTransposedA ? a + m : a + m * lda;
-      MicroKernel<kRows, kTransposedA>(depth, am, lda, bp, ldb, cp + m * ldc, ldc, accumulate);
-    }
-    Tail<kRows - 1, kTransposedA>(rows - m, depth, kTransposedA ? a + m : a + m * lda, lda, bp,
-                                  ldb, cp + m * ldc, ldc, accumulate);
+    Panel<2, kTransposedA>(rows, depth, a, lda, b + p * panel_stride, ldb, c + p * kPanel, ldc,
+                           accumulate);
+  }
+  if (cols % kPanel) {
+    Panel<1, kTransposedA>(rows, depth, a, lda, b + panels * panel_stride, last_ldb,
+                           c + panels * kPanel, ldc, accumulate);
   }
 }
 
-// C (rows, kPanel * panels) (+)= A (rows, depth) @ B, B packed by Pack.
-void Matmul(long rows, long depth, const float* a, long lda, const float* b, long panels,
-            float* c, long ldc, bool accumulate) {
-  Matmul<false>(rows, depth, a, lda, b, kPanel, depth * kPanel, panels, c, ldc, accumulate);
+// C (rows, cols) (+)= A (rows, depth) @ B, B packed by Pack, cols = Padded(B's columns).
+void Matmul(long rows, long depth, const float* a, long lda, const float* b, long cols, float* c,
+            long ldc, bool accumulate) {
+  Matmul<false>(rows, depth, a, lda, b, kPanel, kLanes, depth * kPanel, cols, c, ldc, accumulate);
 }
 
-long RoundUp(long n, long multiple) { return (n + multiple - 1) / multiple * multiple; }
-
-// w (depth, cols) row-major, or its transpose when `transpose` (w then (cols, depth)) ->
-// kPanel-column panels, each (depth, kPanel) contiguous, zero beyond `cols`.
+// w (depth, cols) row-major, or its transpose when `transpose` (w then (cols, depth)) -> panels
+// as Matmul reads them: each (depth, kPanel) contiguous, the last (depth, kLanes) if Padded(cols)
+// is an odd number of vectors; zero beyond `cols`.
 std::vector<float> Pack(const float* w, long depth, long cols, bool transpose) {
-  const long panels = RoundUp(cols, kPanel) / kPanel;
-  std::vector<float> packed(panels * depth * kPanel, 0.0f);
-  for (long p = 0; p < panels; ++p) {
+  std::vector<float> packed(depth * Padded(cols), 0.0f);
+  for (long p = 0; p * kPanel < cols; ++p) {
+    const long width = std::min<long>(kPanel, Padded(cols) - p * kPanel);
     for (long k = 0; k < depth; ++k) {
-      for (long j = 0; j < kPanel && p * kPanel + j < cols; ++j) {
+      for (long j = 0; j < width && p * kPanel + j < cols; ++j) {
         const long col = p * kPanel + j;
-        packed[(p * depth + k) * kPanel + j] = transpose ? w[col * depth + k] : w[k * cols + col];
+        packed[p * depth * kPanel + k * width + j] =
+            transpose ? w[col * depth + k] : w[k * cols + col];
       }
     }
   }
@@ -214,19 +244,24 @@ inline void GateStep(long H, float* __restrict z, float* __restrict c, float* __
 // Forward over batch rows [b0, b1). Writes h_final (B, H) and, where given, hs, cs (T, B, H)
 // and gates (T, B, 4H), the tanh of the scaled pre-activations. `packed` holds the input
 // kernel's rows, if projecting, above the recurrent kernel's: one matmul of [x_t, h] a step.
+// Where 4H is a whole number of vectors, the matmul writes the pre-activations into `gates`
+// and the tanh replaces them there; else into a padded buffer that is copied out.
 void ForwardRows(const Shapes& s, long b0, long b1, const float* xw, const Projection& in,
                  const float* packed, const bool* mask, const float* recurrent_mask, bool reverse,
                  float* h_final, float* hs, float* cs, float* gates) {
-  const long rows = b1 - b0, H = s.units, G = 4 * H, Gp = RoundUp(G, kPanel);
+  const long rows = b1 - b0, H = s.units, G = 4 * H, Gp = Padded(G);
   const long E = in.features, D = E + H;
+  const bool direct = gates != nullptr && Gp == G;
   // xh: each row's [x_t, h * recurrent mask], the matmul's input.
-  std::vector<float> c(rows * H, 0.0f), h(rows * H, 0.0f), xh(rows * D, 0.0f), z(rows * Gp, 0.0f);
+  std::vector<float> c(rows * H, 0.0f), h(rows * H, 0.0f), xh(rows * D, 0.0f);
+  std::vector<float> buffer(direct ? 0 : rows * Gp, 0.0f);
   for (long step = 0; step < s.steps; ++step) {
     const long t = reverse ? s.steps - 1 - step : step;
     const bool* keep = mask ? mask + t * s.batch + b0 : nullptr;
     bool any = keep == nullptr;
     for (long r = 0; r < rows && !any; ++r) any = keep[r];
     float* gates_t = gates ? gates + (t * s.batch + b0) * G : nullptr;
+    float* z = direct ? gates_t : buffer.data();
     if (any) {
       for (long r = 0; r < rows; ++r) {
         const long row = t * s.batch + b0 + r;
@@ -234,7 +269,7 @@ void ForwardRows(const Shapes& s, long b0, long b1, const float* xw, const Proje
         // x_t @ kernel here rather than in XLA: no (T, B, 4H) xw in memory.
         if (E) std::memcpy(&xh[r * D], in.inputs + row * E, E * sizeof(float));
       }
-      Matmul(rows, D, xh.data(), D, packed, Gp / kPanel, z.data(), Gp, true);
+      Matmul(rows, D, xh.data(), D, packed, Gp, z, Gp, true);
     }
     for (long r = 0; r < rows; ++r) {
       float* zr = &z[r * Gp];
@@ -248,7 +283,7 @@ void ForwardRows(const Shapes& s, long b0, long b1, const float* xw, const Proje
       } else {
         std::fill(zr, zr + G, 0.0f);  // Never read: the backward pass zeroes padded steps.
       }
-      if (gates_t) std::memcpy(gates_t + r * G, zr, G * sizeof(float));
+      if (gates_t && !direct) std::memcpy(gates_t + r * G, zr, G * sizeof(float));
       const long at = (t * s.batch + b0 + r) * H;
       if (cs) std::memcpy(cs + at, cr, H * sizeof(float));
       if (hs) std::memcpy(hs + at, hr, H * sizeof(float));
@@ -286,16 +321,16 @@ struct WeightGradients {
 };
 
 // Backward over batch rows [b0, b1) (b0 a multiple of kChunk): from the forward's residuals and
-// the output's gradient, dh_final (B, H) or dhs (T, B, H) (the other null), d xw (T, B, 4H)
-// where `dxw` is given; with `kernel_t` (the input kernel's transpose, packed), d inputs
-// (T, B, E); with `weights.sums`, the weights' gradients.
+// the output's gradient, dh_final (B, H) or dhs (T, B, H) (the other null), either d xw
+// (T, B, 4H) into `dxw`, or, where the forward projected E features, d inputs (T, B, E) and
+// the weights' gradients. `packed_t` is the transpose of the recurrent kernel (H, 4H) with the
+// input kernel's (E, 4H) below it, packed: one matmul a step gives d h_before and d x_t.
 void BackwardRows(const Shapes& s, long b0, long b1, const float* gates, const float* cs,
                   const float* packed_t, const bool* mask, const float* recurrent_mask,
                   bool reverse, const float* dh_final, const float* dhs, float* dxw,
-                  long features, const float* kernel_t, float* d_inputs,
-                  const WeightGradients& weights) {
-  const long rows = b1 - b0, H = s.units, G = 4 * H, Hp = RoundUp(H, kPanel);
-  const long Gp = RoundUp(G, kPanel), E = features, Ep = RoundUp(E, kPanel), D = E + H + 1;
+                  long features, float* d_inputs, const WeightGradients& weights) {
+  const long rows = b1 - b0, H = s.units, G = 4 * H, E = features, D = E + H + 1;
+  const long Gp = Padded(G), Cp = Padded(H + E);
   // Each chunk keeps `slots` steps of d xw (and of [x, h_before, 1]), the rows of a step
   // together, for one matmul into the sums when the slots are full.
   const long chunks = Chunks(rows), slots = weights.sums ? kGradientDepth / kChunk : 1;
@@ -304,15 +339,16 @@ void BackwardRows(const Shapes& s, long b0, long b1, const float* gates, const f
     const long c = r / kChunk;
     return c * slots * kChunk + slot * chunk_rows(c) + r % kChunk;
   };
-  std::vector<float> dh(rows * H, 0.0f), dc(rows * H, 0.0f), dh_prev(rows * Hp, 0.0f);
-  std::vector<float> dz(chunks * slots * kChunk * Gp, 0.0f), dx(d_inputs ? rows * Ep : 0, 0.0f);
+  // dhx: each row's [d h_before, d x_t], the matmul's output.
+  std::vector<float> dh(rows * H, 0.0f), dc(rows * H, 0.0f), dhx(rows * Cp, 0.0f);
+  std::vector<float> dz(chunks * slots * kChunk * Gp, 0.0f);
   std::vector<float> xh(weights.sums ? chunks * slots * kChunk * D : 0, 0.0f), zeros(H, 0.0f);
   long slot = 0;
   const auto add_to_sums = [&] {
     for (long c = 0; c < chunks; ++c) {
       const long first = at(0, c * kChunk);
-      Matmul<true>(D, slot * chunk_rows(c), &xh[first * D], D, &dz[first * Gp], Gp, kPanel,
-                   Gp / kPanel, weights.sums + (b0 / kChunk + c) * D * Gp, Gp, true);
+      Matmul<true>(D, slot * chunk_rows(c), &xh[first * D], D, &dz[first * Gp], Gp, Gp, kPanel,
+                   Gp, weights.sums + (b0 / kChunk + c) * D * Gp, Gp, true);
     }
     slot = 0;
   };
@@ -360,21 +396,17 @@ void BackwardRows(const Shapes& s, long b0, long b1, const float* gates, const f
                     &dc[r * H], dzr);
     }
     for (long c = 0; c < chunks; ++c) {
-      const float* dz_c = &dz[at(slot, c * kChunk) * Gp];
-      Matmul(chunk_rows(c), G, dz_c, Gp, packed_t, Hp / kPanel, &dh_prev[c * kChunk * Hp], Hp,
-             false);
-      if (d_inputs) {
-        Matmul(chunk_rows(c), G, dz_c, Gp, kernel_t, Ep / kPanel, &dx[c * kChunk * Ep], Ep, false);
-      }
+      Matmul(chunk_rows(c), G, &dz[at(slot, c * kChunk) * Gp], Gp, packed_t, Cp,
+             &dhx[c * kChunk * Cp], Cp, false);
     }
     for (long r = 0; r < rows; ++r) {
       const long row = t * s.batch + b0 + r;
       if (dxw) std::memcpy(dxw + row * G, &dz[at(slot, r) * Gp], G * sizeof(float));
-      if (d_inputs) std::memcpy(d_inputs + row * E, &dx[r * Ep], E * sizeof(float));
+      if (d_inputs) std::memcpy(d_inputs + row * E, &dhx[r * Cp + H], E * sizeof(float));
       if (keep && !keep[r]) continue;
       float* dhr = &dh[r * H];
       const float* rm = recurrent_mask ? recurrent_mask + (b0 + r) * H : nullptr;
-      for (long j = 0; j < H; ++j) dhr[j] = rm ? dh_prev[r * Hp + j] * rm[j] : dh_prev[r * Hp + j];
+      for (long j = 0; j < H; ++j) dhr[j] = rm ? dhx[r * Cp + j] * rm[j] : dhx[r * Cp + j];
     }
     if (weights.sums && ++slot == slots) add_to_sums();
   }
@@ -434,26 +466,26 @@ ffi::Error LstmBackwardImpl(ffi::Buffer<ffi::F32> gates, ffi::Buffer<ffi::F32> c
   const auto dims = cs.dimensions();
   if (dims.size() != 3) return ffi::Error::InvalidArgument("cs must be (T, B, H)");
   const Shapes s{dims[0], dims[1], dims[2]};
-  const long H = s.units, G = 4 * H, Gp = RoundUp(G, kPanel);
-  const std::vector<float> packed_t = Pack(recurrent_kernel.typed_data(), G, H, true);
+  const long H = s.units, G = 4 * H, Gp = Padded(G);
   const bool project = kernel.element_count() != 0;
   const long E = project ? kernel.dimensions()[0] : 0, D = E + H + 1;
-  const std::vector<float> kernel_t =
-      project ? Pack(kernel.typed_data(), G, E, true) : std::vector<float>();
+  std::vector<float> weights_t(recurrent_kernel.typed_data(),
+                               recurrent_kernel.typed_data() + H * G);
+  if (project) weights_t.insert(weights_t.end(), kernel.typed_data(), kernel.typed_data() + E * G);
+  const std::vector<float> packed_t = Pack(weights_t.data(), G, H + E, true);
   const bool* m = mask.element_count() ? mask.typed_data() : nullptr;
   const float* rm = recurrent_mask.element_count() ? recurrent_mask.typed_data() : nullptr;
   const float* dh = dh_final.element_count() ? dh_final.typed_data() : nullptr;
   const float* dh_seq = dhs.element_count() ? dhs.typed_data() : nullptr;
-  const bool sum_weights = project && inputs.element_count() != 0;
-  std::vector<float> sums(sum_weights ? Chunks(s.batch) * D * Gp : 0, 0.0f);
+  std::vector<float> sums(project ? Chunks(s.batch) * D * Gp : 0, 0.0f);
   WeightGradients weights;
-  if (sum_weights) weights = {inputs.typed_data(), hs.typed_data(), sums.data()};
+  if (project) weights = {inputs.typed_data(), hs.typed_data(), sums.data()};
   ParallelFor(s.batch, [&](long b0, long b1) {
     BackwardRows(s, b0, b1, gates.typed_data(), cs.typed_data(), packed_t.data(), m, rm,
                  reverse != 0, dh, dh_seq, dxw->element_count() ? dxw->typed_data() : nullptr,
-                 E, kernel_t.data(), project ? d_inputs->typed_data() : nullptr, weights);
+                 E, project ? d_inputs->typed_data() : nullptr, weights);
   });
-  if (sum_weights) {  // Chunk by chunk, in order.
+  if (project) {  // Chunk by chunk, in order.
     float* outs[3] = {d_kernel->typed_data(), d_recurrent_kernel->typed_data(),
                       d_bias->typed_data()};
     const long first_row[3] = {0, E, E + H}, count[3] = {E, H, 1};

@@ -175,10 +175,10 @@ MATMUL_HARNESS = r"""
 // out (rows, cols) = a (rows, depth) @ w (depth, cols), through the kernel's packing and Matmul.
 extern "C" void RunMatmul(long rows, long depth, long cols, const float* a, const float* w,
                           float* out) {
-  const long padded = RoundUp(cols, kPanel);
+  const long padded = Padded(cols);
   const std::vector<float> packed = Pack(w, depth, cols, false);
   std::vector<float> c(rows * padded);
-  Matmul(rows, depth, a, depth, packed.data(), padded / kPanel, c.data(), padded, false);
+  Matmul(rows, depth, a, depth, packed.data(), padded, c.data(), padded, false);
   for (long r = 0; r < rows; ++r) std::memcpy(out + r * cols, &c[r * padded], cols * 4);
 }
 """
