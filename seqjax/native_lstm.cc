@@ -9,9 +9,10 @@
 // synchronisation inside the loop. The backward pass also sums the weights' gradients as it
 // goes, every few steps, per chunk of 16 rows, while the steps' gradients are still in cache.
 // The matmuls are a register-blocked micro-kernel (8 rows x 32 columns of accumulators with
-// AVX-512, else 6 x 16) over weights packed once per call into panels of as many columns;
-// every output element sums its products in the same order whatever the thread count or the
-// row's place in its slice, so results are bitwise reproducible.
+// AVX-512, else 6 x 16) over weights packed once per call into panels of as many columns (the
+// last one vector wide where the columns come to an odd number of vectors); every output
+// element sums its products in the same order whatever the thread count or the row's place in
+// its slice, so results are bitwise reproducible.
 //
 // Built by seqjax/native_lstm.py with the machine's C++ compiler on first use.
 
@@ -118,8 +119,7 @@ void Panel(long rows, long depth, const float* a, long lda, const float* b, long
 }
 
 // Columns as the matmuls compute them: whole vectors.
-long RoundUp(long n, long multiple) { return (n + multiple - 1) / multiple * multiple; }
-long Padded(long cols) { return RoundUp(cols, kLanes); }
+long Padded(long cols) { return (cols + kLanes - 1) / kLanes * kLanes; }
 
 // C (rows, cols) (+)= A (rows, depth) @ B (depth, cols), cols a multiple of kLanes: panels of
 // kPanel columns, then one of kLanes if cols is an odd number of vectors. B's panel p starts at
