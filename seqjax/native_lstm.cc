@@ -323,8 +323,8 @@ struct WeightGradients {
 // Backward over batch rows [b0, b1) (b0 a multiple of kChunk): from the forward's residuals and
 // the output's gradient, dh_final (B, H) or dhs (T, B, H) (the other null), either d xw
 // (T, B, 4H) into `dxw`, or, where the forward projected E features, d inputs (T, B, E) and
-// the weights' gradients. `packed_t` is the transpose of the recurrent kernel (H, 4H) with the
-// input kernel's (E, 4H) below it, packed: one matmul a step gives d h_before and d x_t.
+// the weights' gradients. `packed_t` is the transpose of the input kernel (E, 4H) above the
+// recurrent kernel (H, 4H), packed: one matmul a step gives d x_t and d h_before.
 void BackwardRows(const Shapes& s, long b0, long b1, const float* gates, const float* cs,
                   const float* packed_t, const bool* mask, const float* recurrent_mask,
                   bool reverse, const float* dh_final, const float* dhs, float* dxw,
@@ -339,7 +339,7 @@ void BackwardRows(const Shapes& s, long b0, long b1, const float* gates, const f
     const long c = r / kChunk;
     return c * slots * kChunk + slot * chunk_rows(c) + r % kChunk;
   };
-  // dhx: each row's [d h_before, d x_t], the matmul's output.
+  // dhx: each row's [d x_t, d h_before], the matmul's output.
   std::vector<float> dh(rows * H, 0.0f), dc(rows * H, 0.0f), dhx(rows * Cp, 0.0f);
   std::vector<float> dz(chunks * slots * kChunk * Gp, 0.0f);
   std::vector<float> xh(weights.sums ? chunks * slots * kChunk * D : 0, 0.0f), zeros(H, 0.0f);
@@ -402,15 +402,24 @@ void BackwardRows(const Shapes& s, long b0, long b1, const float* gates, const f
     for (long r = 0; r < rows; ++r) {
       const long row = t * s.batch + b0 + r;
       if (dxw) std::memcpy(dxw + row * G, &dz[at(slot, r) * Gp], G * sizeof(float));
-      if (d_inputs) std::memcpy(d_inputs + row * E, &dhx[r * Cp + H], E * sizeof(float));
+      if (d_inputs) std::memcpy(d_inputs + row * E, &dhx[r * Cp], E * sizeof(float));
       if (keep && !keep[r]) continue;
       float* dhr = &dh[r * H];
       const float* rm = recurrent_mask ? recurrent_mask + (b0 + r) * H : nullptr;
-      for (long j = 0; j < H; ++j) dhr[j] = rm ? dhx[r * Cp + j] * rm[j] : dhx[r * Cp + j];
+      const float* dh_before = &dhx[r * Cp + E];
+      for (long j = 0; j < H; ++j) dhr[j] = rm ? dh_before[j] * rm[j] : dh_before[j];
     }
     if (weights.sums && ++slot == slots) add_to_sums();
   }
   if (weights.sums && slot > 0) add_to_sums();
+}
+
+// The input kernel's E rows (E = 0: none) above the recurrent kernel's H, each 4H wide: the
+// weights of the forward's one matmul over [x_t, h], and transposed, of the backward's.
+std::vector<float> Stacked(const float* kernel, long E, const float* recurrent_kernel, long H) {
+  std::vector<float> stacked(kernel, kernel + E * 4 * H);
+  stacked.insert(stacked.end(), recurrent_kernel, recurrent_kernel + H * 4 * H);
+  return stacked;
 }
 
 }  // namespace
@@ -431,13 +440,10 @@ ffi::Error LstmForwardImpl(ffi::Buffer<ffi::F32> xw, ffi::Buffer<ffi::F32> recur
   const Shapes s{dims[0], dims[1], rk_dims[0]};
   const long G = 4 * s.units;
   Projection in;
-  std::vector<float> weights(recurrent_kernel.typed_data(),
-                             recurrent_kernel.typed_data() + s.units * G);
-  if (project) {
-    in = {dims[2], inputs.typed_data(), bias.typed_data()};
-    weights.insert(weights.begin(), kernel.typed_data(), kernel.typed_data() + in.features * G);
-  }
-  const std::vector<float> packed = Pack(weights.data(), in.features + s.units, G, false);
+  if (project) in = {dims[2], inputs.typed_data(), bias.typed_data()};
+  const std::vector<float> packed =
+      Pack(Stacked(kernel.typed_data(), in.features, recurrent_kernel.typed_data(), s.units).data(),
+           in.features + s.units, G, false);
   const bool* m = mask.element_count() ? mask.typed_data() : nullptr;
   const float* rm = recurrent_mask.element_count() ? recurrent_mask.typed_data() : nullptr;
   float* hs_out = hs->element_count() ? hs->typed_data() : nullptr;
@@ -469,10 +475,8 @@ ffi::Error LstmBackwardImpl(ffi::Buffer<ffi::F32> gates, ffi::Buffer<ffi::F32> c
   const long H = s.units, G = 4 * H, Gp = Padded(G);
   const bool project = kernel.element_count() != 0;
   const long E = project ? kernel.dimensions()[0] : 0, D = E + H + 1;
-  std::vector<float> weights_t(recurrent_kernel.typed_data(),
-                               recurrent_kernel.typed_data() + H * G);
-  if (project) weights_t.insert(weights_t.end(), kernel.typed_data(), kernel.typed_data() + E * G);
-  const std::vector<float> packed_t = Pack(weights_t.data(), G, H + E, true);
+  const std::vector<float> packed_t = Pack(
+      Stacked(kernel.typed_data(), E, recurrent_kernel.typed_data(), H).data(), G, E + H, true);
   const bool* m = mask.element_count() ? mask.typed_data() : nullptr;
   const float* rm = recurrent_mask.element_count() ? recurrent_mask.typed_data() : nullptr;
   const float* dh = dh_final.element_count() ? dh_final.typed_data() : nullptr;
