@@ -4,7 +4,7 @@ Shapes: B = batch, T = time steps, E = embedding size, H = LSTM units, F = conv 
 """
 
 import functools
-from typing import Any
+from typing import Any, NamedTuple
 
 import flax.linen as nn
 import jax
@@ -206,49 +206,72 @@ _lstm_recurrence.defvjp(_lstm_recurrence_fwd, _lstm_recurrence_bwd)
 
 def lstm_layer(inputs: Array, kernel: Array, bias: Array, recurrent_kernel: Array,
                mask: Array | None, recurrent_mask: Array | None, reverse: bool,
-               return_sequences: bool) -> Array:
+               return_sequences: bool, ids: Array | None = None) -> Array:
   """`lstm_recurrence` of xw = inputs (T, B, E) @ kernel (E, 4H) + bias (4H,), all scaled by
-  `gate_scale` like recurrent_kernel (H, 4H).
+  `gate_scale` like recurrent_kernel (H, 4H). Given ids (T, B), inputs is an embedding table
+  (V, E) and x_t = inputs[ids[t]].
 
   The native kernel computes xw itself, one step at a time, and the gradients of the inputs
   and the weights in its backward pass: neither pass writes a (T, B, 4H) array of every step's
-  projection or its gradient, the layer's largest. On the `nn.scan` path the weights'
-  gradients are large matmuls over all steps.
+  projection or its gradient, the layer's largest. Given ids, it projects the table once
+  instead of every token (a quarter of an H = 100, E = 32 layer's forward multiply-adds where
+  the batch holds many more tokens than the table has rows), with the same bits. On the
+  `nn.scan` path the weights' gradients are large matmuls over all steps.
   """
-  if native_lstm.enabled(inputs.dtype):
-    return _projected_native_recurrence(inputs, kernel, bias, recurrent_kernel, mask,
+  native = native_lstm.enabled(kernel.dtype)
+  if ids is not None and not native:
+    inputs, ids = jnp.take(inputs, ids, axis=0), None
+  if native:
+    return _projected_native_recurrence(inputs, ids, kernel, bias, recurrent_kernel, mask,
                                         recurrent_mask, reverse, return_sequences)
   return lstm_recurrence(inputs @ kernel + bias, recurrent_kernel, mask, recurrent_mask,
                          reverse, return_sequences)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(6, 7))
-def _projected_native_recurrence(inputs, kernel, bias, recurrent_kernel, mask, recurrent_mask,
-                                 reverse, return_sequences):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(7, 8))
+def _projected_native_recurrence(inputs, ids, kernel, bias, recurrent_kernel, mask,
+                                 recurrent_mask, reverse, return_sequences):
   h, hs, _, _ = native_lstm.forward(None, recurrent_kernel, mask, recurrent_mask, reverse,
                                     sequences=return_sequences, residuals=False,
-                                    projection=(inputs, kernel, bias))
+                                    projection=(inputs, kernel, bias), ids=ids)
   return hs if return_sequences else h
 
 
-def _projected_native_fwd(inputs, kernel, bias, recurrent_kernel, mask, recurrent_mask, reverse,
-                          return_sequences):
+def _projected_native_fwd(inputs, ids, kernel, bias, recurrent_kernel, mask, recurrent_mask,
+                          reverse, return_sequences):
   h, hs, cs, gate_tanh = native_lstm.forward(None, recurrent_kernel, mask, recurrent_mask,
                                              reverse, sequences=True, residuals=True,
-                                             projection=(inputs, kernel, bias))
-  saved = ((gate_tanh, cs, hs), recurrent_kernel, mask, recurrent_mask), inputs, kernel
+                                             projection=(inputs, kernel, bias), ids=ids)
+  saved = ((gate_tanh, cs, hs), recurrent_kernel, mask, recurrent_mask), inputs, ids, kernel
   return hs if return_sequences else h, saved
 
 
 def _projected_native_bwd(reverse, return_sequences, saved, grad):
-  ((gate_tanh, cs, hs), recurrent_kernel, mask, recurrent_mask), inputs, kernel = saved
-  d_inputs, d_kernel, d_recurrent_kernel, d_bias = native_lstm.backward_projected(
+  ((gate_tanh, cs, hs), recurrent_kernel, mask, recurrent_mask), inputs, ids, kernel = saved
+  x = inputs if ids is None else jnp.take(inputs, ids, axis=0)
+  d_x, d_kernel, d_recurrent_kernel, d_bias = native_lstm.backward_projected(
       gate_tanh, cs, hs, recurrent_kernel, mask, recurrent_mask, grad, reverse,
-      return_sequences, inputs, kernel)
-  return d_inputs, d_kernel, d_bias, d_recurrent_kernel, None, None
+      return_sequences, x, kernel)
+  d_inputs = d_x if ids is None else jnp.zeros_like(inputs).at[ids].add(d_x)
+  return d_inputs, None, d_kernel, d_bias, d_recurrent_kernel, None, None
 
 
 _projected_native_recurrence.defvjp(_projected_native_fwd, _projected_native_bwd)
+
+
+class Embedded(NamedTuple):
+  """Embedded ids not yet looked up: table (V, E) and ids (B, T) stand for table[ids]
+  (B, T, E), which an LSTM reading them may compute more cheaply (`lstm_layer`)."""
+
+  table: Array
+  ids: Array
+
+  @property
+  def shape(self) -> tuple[int, int, int]:
+    return self.ids.shape + self.table.shape[-1:]
+
+  def gather(self) -> Array:
+    return jnp.take(self.table, self.ids, axis=0)
 
 
 class LSTM(nn.Module):
@@ -257,7 +280,8 @@ class LSTM(nn.Module):
   Parameters: kernel (E, 4H), recurrent_kernel (H, 4H), bias (4H,). The input projection of
   all T steps is one matmul; only the recurrent part is scanned over time (`lstm_recurrence`),
   or on CPU both run in the native kernel (`lstm_layer`), or on GPU in cuDNN (`cudnn_lstm`).
-  Input (B, T, E) -> final state h (B, H), or all states (B, T, H) with return_sequences.
+  Input (B, T, E), or `Embedded` ids (B, T) -> final state h (B, H), or all states (B, T, H)
+  with return_sequences.
   `reverse=True` reads the sequence from its last step to its first (Keras' go_backwards).
   `mask` (B, T), True on real steps: padded steps leave the state unchanged, so the result
   does not depend on how much padding there is.
@@ -271,22 +295,29 @@ class LSTM(nn.Module):
   dtype: Any = jnp.float32  # Of the computation; parameters stay float32.
 
   @nn.compact
-  def __call__(self, inputs: Array, mask: Array | None = None, *, train: bool) -> Array:
+  def __call__(self, inputs: Array | Embedded, mask: Array | None = None, *,
+               train: bool) -> Array:
+    embedded = inputs if isinstance(inputs, Embedded) else None
     batch, _, features = inputs.shape
     kernel = self.param("kernel", glorot_uniform, (features, 4 * self.units))
     recurrent_kernel = self.param("recurrent_kernel", orthogonal, (self.units, 4 * self.units))
     bias = self.param("bias", lstm_bias_init, (4 * self.units,))
 
-    # Time-major from here on: each step reads one contiguous (B, .) block.
-    inputs = jnp.swapaxes(inputs, 0, 1).astype(self.dtype)
     input_mask = sequence_dropout_mask(self, self.dropout, (1, batch, features), not train)
-    if input_mask is not None:
-      inputs = inputs * input_mask.astype(self.dtype)
     recurrent_mask = sequence_dropout_mask(self, self.recurrent_dropout, (batch, self.units),
                                            not train)
     if recurrent_mask is not None:
       recurrent_mask = recurrent_mask.astype(self.dtype)
-    if cudnn_lstm.enabled(self.dtype, recurrent_mask is not None):
+    cudnn = cudnn_lstm.enabled(self.dtype, recurrent_mask is not None)
+    ids = None
+    if embedded and input_mask is None and not cudnn:
+      inputs, ids = embedded.table.astype(self.dtype), embedded.ids.T  # Time-major ids.
+    else:
+      # Time-major from here on: each step reads one contiguous (B, .) block.
+      inputs = jnp.swapaxes(embedded.gather() if embedded else inputs, 0, 1).astype(self.dtype)
+      if input_mask is not None:
+        inputs = inputs * input_mask.astype(self.dtype)
+    if cudnn:
       return cudnn_lstm.lstm(jnp.swapaxes(inputs, 0, 1), kernel, recurrent_kernel, bias, mask,
                              self.reverse, self.return_sequences)
     scale = gate_scale(self.units)
@@ -294,7 +325,7 @@ class LSTM(nn.Module):
                          (bias * scale).astype(self.dtype),
                          (recurrent_kernel * scale).astype(self.dtype),
                          None if mask is None else mask.T, recurrent_mask, self.reverse,
-                         self.return_sequences)
+                         self.return_sequences, ids)
     return jnp.swapaxes(outputs, 0, 1) if self.return_sequences else outputs
 
 
@@ -551,8 +582,10 @@ class Classifier(nn.Module):
     both ways."""
     mask = tokens != PAD_ID if self.mask_padding else None
     words = self.embedding_words or self.vocab_size
-    x = nn.Embed(words, self.embedding_dim, embedding_init=keras_embedding_init,
-                 dtype=self.dtype, name="embedding")(embedding_ids(tokens, words))
+    ids = embedding_ids(tokens, words)
+    embed = nn.Embed(words, self.embedding_dim, embedding_init=keras_embedding_init,
+                     dtype=self.dtype, name="embedding")
+    x = embed(ids)
     if train:  # A no-op unless the caller passes the probe; its gradient is then x's.
       x = self.perturb(EMBEDDED, x, collection=PROBES)
     if self.word_dropout:  # One draw per word, shared by its embedding's features.
@@ -566,6 +599,9 @@ class Classifier(nn.Module):
     if self.conv_filters:
       x, mask = ConvFrontEnd(self.conv_filters, self.conv_kernel_size, self.pool_size,
                              dtype=self.dtype, name="conv_front_end")(x, mask)
+    elif not train and perturbation is None and ids.size >= words:
+      # x is embed(ids), and projecting the table costs less than projecting every token.
+      x = Embedded(embed.embedding, ids)
     x = recurrent_layers(x, mask, units=self.lstm_units, layers=self.lstm_layers,
                          bidirectional=self.bidirectional, dropout=self.lstm_dropout,
                          recurrent_dropout=self.lstm_recurrent_dropout,

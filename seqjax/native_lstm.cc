@@ -221,12 +221,15 @@ struct Shapes {
   long steps, batch, units;
 };
 
-// The input projection when the forward pass computes it: inputs (T, B, E), the kernel (E, 4H)
-// packed into panels, and the bias (4H,).
-struct Projection {
-  long features = 0;
-  const float* inputs = nullptr;
-  const float* bias = nullptr;
+// Where a row's gate pre-activations start each step, before the matmul adds [x_t, h] @ the
+// stacked kernels: its row of xw (stride 4H; the matmul has no x_t); the bias (stride 0; the
+// matmul projects x_t); or the row of the projected embedding table (stride Gp) that the row's
+// token id picks (no x_t either).
+struct Start {
+  const float* rows;
+  long stride;
+  const int32_t* ids = nullptr;  // (T, B)
+  const float* Row(long row) const { return rows + (ids ? ids[row] : row) * stride; }
 };
 
 // One step of one row: the gates' tanh from their scaled pre-activations z (4H, in place),
@@ -243,14 +246,15 @@ inline void GateStep(long H, float* __restrict z, float* __restrict c, float* __
 
 // Forward over batch rows [b0, b1). Writes h_final (B, H) and, where given, hs, cs (T, B, H)
 // and gates (T, B, 4H), the tanh of the scaled pre-activations. `packed` holds the input
-// kernel's rows, if projecting, above the recurrent kernel's: one matmul of [x_t, h] a step.
+// kernel's E rows, where x_t (inputs (T, B, E)) is projected here, above the recurrent kernel's:
+// one matmul of [x_t, h] a step.
 // Where 4H is a whole number of vectors, the matmul writes the pre-activations into `gates`
 // and the tanh replaces them there; else into a padded buffer that is copied out.
-void ForwardRows(const Shapes& s, long b0, long b1, const float* xw, const Projection& in,
-                 const float* packed, const bool* mask, const float* recurrent_mask, bool reverse,
-                 float* h_final, float* hs, float* cs, float* gates) {
-  const long rows = b1 - b0, H = s.units, G = 4 * H, Gp = Padded(G);
-  const long E = in.features, D = E + H;
+void ForwardRows(const Shapes& s, long b0, long b1, const Start& start, long E,
+                 const float* inputs, const float* packed, const bool* mask,
+                 const float* recurrent_mask, bool reverse, float* h_final, float* hs, float* cs,
+                 float* gates) {
+  const long rows = b1 - b0, H = s.units, G = 4 * H, Gp = Padded(G), D = E + H;
   const bool direct = gates != nullptr && Gp == G;
   // xh: each row's [x_t, h * recurrent mask], the matmul's input.
   std::vector<float> c(rows * H, 0.0f), h(rows * H, 0.0f), xh(rows * D, 0.0f);
@@ -265,9 +269,9 @@ void ForwardRows(const Shapes& s, long b0, long b1, const float* xw, const Proje
     if (any) {
       for (long r = 0; r < rows; ++r) {
         const long row = t * s.batch + b0 + r;
-        std::memcpy(&z[r * Gp], xw ? xw + row * G : in.bias, G * sizeof(float));
+        std::memcpy(&z[r * Gp], start.Row(row), G * sizeof(float));
         // x_t @ kernel here rather than in XLA: no (T, B, 4H) xw in memory.
-        if (E) std::memcpy(&xh[r * D], in.inputs + row * E, E * sizeof(float));
+        if (E) std::memcpy(&xh[r * D], inputs + row * E, E * sizeof(float));
       }
       Matmul(rows, D, xh.data(), D, packed, Gp, z, Gp, true);
     }
@@ -422,36 +426,67 @@ std::vector<float> Stacked(const float* kernel, long E, const float* recurrent_k
   return stacked;
 }
 
+// The embedding table (V, E) projected: bias + table @ kernel (V, Gp), each row's sum in the
+// order the forward's matmul would take for that token (bias, then k ascending), so that
+// looking a row up gives the very bits of projecting the token at its step.
+std::vector<float> ProjectedTable(const float* table, long V, long E, const float* kernel,
+                                  const float* bias, long G) {
+  const long Gp = Padded(G);
+  const std::vector<float> packed = Pack(kernel, E, G, false);
+  std::vector<float> projected(V * Gp, 0.0f);
+  ParallelFor(V, [&](long v0, long v1) {
+    for (long v = v0; v < v1; ++v) std::memcpy(&projected[v * Gp], bias, G * sizeof(float));
+    Matmul(v1 - v0, E, table + v0 * E, E, packed.data(), Gp, &projected[v0 * Gp], Gp, true);
+  });
+  return projected;
+}
+
 }  // namespace
 
-// xw (T, B, 4H), or empty with inputs (T, B, E), kernel (E, 4H) and bias (4H,) to project.
+// The gates' pre-activations start from one of: xw (T, B, 4H); the bias (4H,), with inputs
+// (T, B, E) and kernel (E, 4H) to project each step (xw and ids empty); or, given ids (T, B),
+// the rows that ids pick of the embedding table inputs (V, E) projected by kernel and bias.
 ffi::Error LstmForwardImpl(ffi::Buffer<ffi::F32> xw, ffi::Buffer<ffi::F32> recurrent_kernel,
                            ffi::Buffer<ffi::PRED> mask, ffi::Buffer<ffi::F32> recurrent_mask,
                            ffi::Buffer<ffi::F32> inputs, ffi::Buffer<ffi::F32> kernel,
-                           ffi::Buffer<ffi::F32> bias, int32_t reverse,
+                           ffi::Buffer<ffi::F32> bias, ffi::Buffer<ffi::S32> ids, int32_t reverse,
                            ffi::ResultBuffer<ffi::F32> h_final, ffi::ResultBuffer<ffi::F32> hs,
                            ffi::ResultBuffer<ffi::F32> cs, ffi::ResultBuffer<ffi::F32> gates) {
-  const bool project = xw.element_count() == 0;
-  const auto dims = (project ? inputs : xw).dimensions();
+  const bool lookup = ids.element_count() != 0;
+  const bool project = !lookup && xw.element_count() == 0;
+  const auto dims = lookup ? ids.dimensions() : (project ? inputs : xw).dimensions();
   const auto rk_dims = recurrent_kernel.dimensions();
-  if (dims.size() != 3 || rk_dims.size() != 2) {
-    return ffi::Error::InvalidArgument("expected xw or inputs (T, B, .), recurrent_kernel (H, 4H)");
+  if (dims.size() != (lookup ? 2 : 3) || rk_dims.size() != 2) {
+    return ffi::Error::InvalidArgument(
+        "expected ids (T, B), or xw or inputs (T, B, .), and recurrent_kernel (H, 4H)");
   }
   const Shapes s{dims[0], dims[1], rk_dims[0]};
-  const long G = 4 * s.units;
-  Projection in;
-  if (project) in = {dims[2], inputs.typed_data(), bias.typed_data()};
-  const std::vector<float> packed =
-      Pack(Stacked(kernel.typed_data(), in.features, recurrent_kernel.typed_data(), s.units).data(),
-           in.features + s.units, G, false);
+  const long G = 4 * s.units, E = project ? inputs.dimensions()[2] : 0;
+  std::vector<float> table;
+  Start start{xw.typed_data(), G};
+  if (project) start = {bias.typed_data(), 0};
+  if (lookup) {
+    const long V = inputs.dimensions()[0];
+    for (long i = 0; i < s.steps * s.batch; ++i) {
+      if (ids.typed_data()[i] < 0 || ids.typed_data()[i] >= V) {
+        return ffi::Error::InvalidArgument("an id lies outside the embedding table");
+      }
+    }
+    table = ProjectedTable(inputs.typed_data(), V, inputs.dimensions()[1], kernel.typed_data(),
+                           bias.typed_data(), G);
+    start = {table.data(), Padded(G), ids.typed_data()};
+  }
+  const std::vector<float> packed = Pack(
+      Stacked(kernel.typed_data(), E, recurrent_kernel.typed_data(), s.units).data(), E + s.units,
+      G, false);
   const bool* m = mask.element_count() ? mask.typed_data() : nullptr;
   const float* rm = recurrent_mask.element_count() ? recurrent_mask.typed_data() : nullptr;
   float* hs_out = hs->element_count() ? hs->typed_data() : nullptr;
   float* cs_out = cs->element_count() ? cs->typed_data() : nullptr;
   float* gates_out = gates->element_count() ? gates->typed_data() : nullptr;
   ParallelFor(s.batch, [&](long b0, long b1) {
-    ForwardRows(s, b0, b1, project ? nullptr : xw.typed_data(), in, packed.data(), m, rm,
-                reverse != 0, h_final->typed_data(), hs_out, cs_out, gates_out);
+    ForwardRows(s, b0, b1, start, E, inputs.typed_data(), packed.data(), m, rm, reverse != 0,
+                h_final->typed_data(), hs_out, cs_out, gates_out);
   });
   return ffi::Error::Success();
 }
@@ -513,7 +548,8 @@ using Pred = ffi::Buffer<ffi::PRED>;
 XLA_FFI_DEFINE_HANDLER_SYMBOL(
     SeqjaxLstmForward, LstmForwardImpl,
     ffi::Ffi::Bind().Arg<F32>().Arg<F32>().Arg<Pred>().Arg<F32>().Arg<F32>().Arg<F32>()
-        .Arg<F32>().Attr<int32_t>("reverse").Ret<F32>().Ret<F32>().Ret<F32>().Ret<F32>());
+        .Arg<F32>().Arg<ffi::Buffer<ffi::S32>>().Attr<int32_t>("reverse").Ret<F32>().Ret<F32>()
+        .Ret<F32>().Ret<F32>());
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(
     SeqjaxLstmBackward, LstmBackwardImpl,

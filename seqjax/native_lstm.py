@@ -159,7 +159,7 @@ def _optional(x: Array | None, dtype) -> Array:
 
 def forward(xw: Array | None, recurrent_kernel: Array, mask: Array | None,
             recurrent_mask: Array | None, reverse: bool, sequences: bool, residuals: bool,
-            projection: tuple[Array, Array, Array] | None = None
+            projection: tuple[Array, Array, Array] | None = None, ids: Array | None = None
             ) -> tuple[Array, Array, Array, Array]:
   """The recurrence from a zero state: xw (T, B, 4H), recurrent_kernel (H, 4H) scaled by
   `models.gate_scale`, mask (T, B) bool, recurrent_mask (B, H) ->
@@ -168,12 +168,14 @@ def forward(xw: Array | None, recurrent_kernel: Array, mask: Array | None,
   `residuals` every c (T, B, H) and the gates' tanh (T, B, 4H); the arrays not asked for are
   empty. With xw None, the kernel computes it step by step from `projection`: inputs
   (T, B, E), kernel (E, 4H) and bias (4H,), scaled likewise (xw = inputs @ kernel + bias).
+  Given also ids (T, B) int32, inputs is an embedding table (V, E) and x_t = inputs[ids[t]]:
+  the kernel projects the table once and looks every step's rows up, with the same bits.
   """
   _require()
   f32 = jnp.float32
   empty = jnp.zeros((0,), f32)
   inputs, kernel, bias = projection if xw is None else (empty, empty, empty)
-  steps, batch = (inputs if xw is None else xw).shape[:2]
+  steps, batch = (xw if xw is not None else inputs if ids is None else ids).shape[:2]
   units = recurrent_kernel.shape[0]
   gates = 4 * units
   shape = lambda *s: jax.ShapeDtypeStruct(s, f32)
@@ -183,7 +185,8 @@ def forward(xw: Array | None, recurrent_kernel: Array, mask: Array | None,
              shape(steps, batch, gates) if residuals else shape(0))
   return jax.ffi.ffi_call(FORWARD, outputs, vmap_method="sequential")(
       _optional(xw, f32), recurrent_kernel, _optional(mask, bool),
-      _optional(recurrent_mask, f32), inputs, kernel, bias, reverse=np.int32(reverse))
+      _optional(recurrent_mask, f32), inputs, kernel, bias, _optional(ids, jnp.int32),
+      reverse=np.int32(reverse))
 
 
 def backward(gate_tanh: Array, cs: Array, recurrent_kernel: Array, mask: Array | None,

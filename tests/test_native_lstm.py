@@ -2,6 +2,7 @@
 
 import itertools
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -131,6 +132,67 @@ def test_lstm_module_gradients_equal_the_scan_path(monkeypatch, bidirectional):
   assert len(leaves) == (7 if bidirectional else 4)
   for (path, want), got in zip(leaves, jax.tree_util.tree_leaves(native), strict=True):
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5, err_msg=str(path))
+
+
+def looks_up_ids(hlo: str) -> bool:
+  """Whether a lowered program's forward custom calls are given (T, B) ids to look up."""
+  calls = [line for line in hlo.splitlines() if f"@{native_lstm.FORWARD}(" in line]
+  return bool(calls) and all(re.search(r"tensor<\d+x\d+xi32>", line) for line in calls)
+
+
+@pytest.mark.parametrize("bidirectional, units", [(False, 9), (True, 29), (False, 100)])
+def test_embedding_lookup_gives_the_bits_of_projecting_each_token(monkeypatch, bidirectional,
+                                                                  units):
+  """An LSTM reading `Embedded` ids at inference projects the table once and looks the rows up:
+  the same outputs, bit for bit, as reading table[ids]; and the same gradients, to 1e-5, as the
+  scan path's. In training, under input dropout, it reads table[ids] as before."""
+  use(monkeypatch, "native")
+  rng = np.random.default_rng(0)
+  table = jnp.asarray(rng.normal(size=(40, 13)).astype(np.float32))
+  ids = jnp.asarray(rng.integers(0, 40, (7, 11)).astype(np.int32))  # 77 tokens >= 40 rows.
+  mask = np.arange(11)[None, :] < np.array([11, 3, 8, 1, 11, 5, 9])[:, None]
+  layer = (models.Bidirectional if bidirectional else models.LSTM)(
+      units=units, dropout=0.2, recurrent_dropout=0.3, return_sequences=bidirectional)
+  params = layer.init(jax.random.PRNGKey(0), table[ids], mask, train=False)["params"]
+  looked_up = lambda p, t: layer.apply({"params": p}, models.Embedded(t, ids), mask, train=False)
+  gathered = lambda p, t: layer.apply({"params": p}, t[ids], mask, train=False)
+  assert looks_up_ids(jax.jit(looked_up).lower(params, table).as_text())
+  np.testing.assert_array_equal(jax.jit(looked_up)(params, table),
+                                jax.jit(gathered)(params, table))
+  rngs = {"dropout": jax.random.PRNGKey(2)}  # Under input dropout it gathers: the same masks.
+  np.testing.assert_array_equal(
+      layer.apply({"params": params}, models.Embedded(table, ids), mask, train=True, rngs=rngs),
+      layer.apply({"params": params}, table[ids], mask, train=True, rngs=rngs))
+
+  weights = rng.normal(size=looked_up(params, table).shape)
+  grad = lambda f: jax.grad(lambda *a: jnp.sum(f(*a) * weights), argnums=(0, 1))(params, table)
+  native = grad(looked_up)
+  use(monkeypatch, "scan")
+  for got, want in zip(jax.tree_util.tree_leaves(native),
+                       jax.tree_util.tree_leaves(grad(gathered)), strict=True):
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_classifier_looks_up_at_inference_where_the_batch_has_as_many_tokens_as_the_table_rows(
+    monkeypatch):
+  """Projecting a table larger than the batch's tokens would cost more than it saves; in
+  training, dropout (and adversarial training's perturbation) change the embedded words."""
+  use(monkeypatch, "native")
+  model = models.Classifier(vocab_size=40, embedding_dim=3, lstm_units=4, lstm_dropout=0.5)
+  params = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 10), jnp.int32))
+  lower = lambda tokens, train: jax.jit(lambda p: model.apply(
+      p, tokens, train=train, rngs={"dropout": jax.random.PRNGKey(1)})).lower(params).as_text()
+  assert not looks_up_ids(lower(jnp.ones((3, 13), jnp.int32), False))  # 39 tokens, 40 rows.
+  assert looks_up_ids(lower(jnp.ones((4, 10), jnp.int32), False))
+  assert not looks_up_ids(lower(jnp.ones((4, 10), jnp.int32), True))
+
+
+def test_an_id_outside_the_table_is_an_error_not_a_stray_read():
+  table, ids = jnp.zeros((5, 3)), jnp.full((2, 4), 5, jnp.int32)
+  with pytest.raises(Exception, match="an id lies outside the embedding table"):
+    jax.block_until_ready(native_lstm.forward(None, jnp.zeros((2, 8)), None, None, False, False,
+                                              False, (table, jnp.zeros((3, 8)), jnp.zeros(8)),
+                                              ids))
 
 
 def test_kernel_is_bitwise_deterministic(monkeypatch):
