@@ -248,11 +248,9 @@ def _projected_native_fwd(inputs, ids, kernel, bias, recurrent_kernel, mask, rec
 
 def _projected_native_bwd(reverse, return_sequences, saved, grad):
   ((gate_tanh, cs, hs), recurrent_kernel, mask, recurrent_mask), inputs, ids, kernel = saved
-  x = inputs if ids is None else jnp.take(inputs, ids, axis=0)
-  d_x, d_kernel, d_recurrent_kernel, d_bias = native_lstm.backward_projected(
+  d_inputs, d_kernel, d_recurrent_kernel, d_bias = native_lstm.backward_projected(
       gate_tanh, cs, hs, recurrent_kernel, mask, recurrent_mask, grad, reverse,
-      return_sequences, x, kernel)
-  d_inputs = d_x if ids is None else jnp.zeros_like(inputs).at[ids].add(d_x)
+      return_sequences, inputs, kernel, ids)
   return d_inputs, None, d_kernel, d_bias, d_recurrent_kernel, None, None
 
 
@@ -585,7 +583,7 @@ class Classifier(nn.Module):
     ids = embedding_ids(tokens, words)
     embed = nn.Embed(words, self.embedding_dim, embedding_init=keras_embedding_init,
                      dtype=self.dtype, name="embedding")
-    x = embed(ids)
+    x = embedded = embed(ids)
     if train:  # A no-op unless the caller passes the probe; its gradient is then x's.
       x = self.perturb(EMBEDDED, x, collection=PROBES)
     if self.word_dropout:  # One draw per word, shared by its embedding's features.
@@ -599,8 +597,9 @@ class Classifier(nn.Module):
     if self.conv_filters:
       x, mask = ConvFrontEnd(self.conv_filters, self.conv_kernel_size, self.pool_size,
                              dtype=self.dtype, name="conv_front_end")(x, mask)
-    elif not train and perturbation is None and ids.size >= words:
-      # x is embed(ids), and projecting the table costs less than projecting every token.
+    elif x is embedded and ids.size >= words:
+      # Nothing (dropout, perturbation, probe) came between, and projecting the table costs
+      # less than projecting every token.
       x = Embedded(embed.embedding, ids)
     x = recurrent_layers(x, mask, units=self.lstm_units, layers=self.lstm_layers,
                          bidirectional=self.bidirectional, dropout=self.lstm_dropout,

@@ -20,6 +20,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <memory>
 #include <thread>
 #include <vector>
 
@@ -317,11 +318,18 @@ inline void GateGradients(long H, const float* __restrict gates, const float* __
 // What the backward pass adds the weights' gradients into, when it computes them: per chunk of
 // kChunk batch rows, a (D, Gp) block of sums, D = E + H + 1: the input kernel's gradient
 // (E rows), the recurrent kernel's (H rows) and the bias's (1 row), each sum over the steps and
-// the chunk's rows of [x_t, h_before * recurrent mask, 1] outer d xw_t.
+// the chunk's rows of [x_t, h_before * recurrent mask, 1] outer d xw_t. Where the forward
+// looked x_t up in an embedding table (E = 0 here), each chunk instead sums d xw_t per token id
+// into `by_id` (V, Gp), a row written first where `touched` is 0: the gradients of the table
+// and the input kernel follow from those V rows (LstmBackwardImpl), not from every token's.
 struct WeightGradients {
   const float* inputs = nullptr;  // x (T, B, E)
   const float* hs = nullptr;      // h (T, B, H)
   float* sums = nullptr;          // (Chunks(B), D, Gp)
+  const int32_t* ids = nullptr;   // (T, B)
+  long vocabulary = 0;            // V
+  float* by_id = nullptr;         // (Chunks(B), V, Gp)
+  uint8_t* touched = nullptr;     // (Chunks(B), V)
 };
 
 // Backward over batch rows [b0, b1) (b0 a multiple of kChunk): from the forward's residuals and
@@ -347,12 +355,29 @@ void BackwardRows(const Shapes& s, long b0, long b1, const float* gates, const f
   std::vector<float> dh(rows * H, 0.0f), dc(rows * H, 0.0f), dhx(rows * Cp, 0.0f);
   std::vector<float> dz(chunks * slots * kChunk * Gp, 0.0f);
   std::vector<float> xh(weights.sums ? chunks * slots * kChunk * D : 0, 0.0f), zeros(H, 0.0f);
+  std::vector<long> slot_step(slots);  // The time step each slot holds.
   long slot = 0;
   const auto add_to_sums = [&] {
     for (long c = 0; c < chunks; ++c) {
-      const long first = at(0, c * kChunk);
+      const long first = at(0, c * kChunk), chunk = b0 / kChunk + c;
       Matmul<true>(D, slot * chunk_rows(c), &xh[first * D], D, &dz[first * Gp], Gp, Gp, kPanel,
-                   Gp, weights.sums + (b0 / kChunk + c) * D * Gp, Gp, true);
+                   Gp, weights.sums + chunk * D * Gp, Gp, true);
+      if (!weights.ids) continue;
+      float* by_id = weights.by_id + chunk * weights.vocabulary * Gp;
+      uint8_t* touched = weights.touched + chunk * weights.vocabulary;
+      for (long i = 0; i < slot; ++i) {
+        for (long r = c * kChunk; r < c * kChunk + chunk_rows(c); ++r) {
+          const long id = weights.ids[slot_step[i] * s.batch + b0 + r];
+          const float* dzr = &dz[at(i, r) * Gp];
+          float* sum = by_id + id * Gp;
+          if (touched[id]) {
+            for (long j = 0; j < G; ++j) sum[j] += dzr[j];
+          } else {
+            std::memcpy(sum, dzr, G * sizeof(float));
+            touched[id] = 1;
+          }
+        }
+      }
     }
     slot = 0;
   };
@@ -379,7 +404,7 @@ void BackwardRows(const Shapes& s, long b0, long b1, const float* gates, const f
       float* dzr = &dz[at(slot, r) * Gp];
       if (weights.sums) {
         float* xhr = &xh[at(slot, r) * D];
-        std::memcpy(xhr, weights.inputs + (t * s.batch + b0 + r) * E, E * sizeof(float));
+        if (E) std::memcpy(xhr, weights.inputs + (t * s.batch + b0 + r) * E, E * sizeof(float));
         if (has_before) {
           std::memcpy(xhr + E, weights.hs + (before * s.batch + b0 + r) * H, H * sizeof(float));
           if (recurrent_mask) {
@@ -413,6 +438,7 @@ void BackwardRows(const Shapes& s, long b0, long b1, const float* gates, const f
       const float* dh_before = &dhx[r * Cp + E];
       for (long j = 0; j < H; ++j) dhr[j] = rm ? dh_before[j] * rm[j] : dh_before[j];
     }
+    if (weights.sums) slot_step[slot] = t;
     if (weights.sums && ++slot == slots) add_to_sums();
   }
   if (weights.sums && slot > 0) add_to_sums();
@@ -439,6 +465,40 @@ std::vector<float> ProjectedTable(const float* table, long V, long E, const floa
     Matmul(v1 - v0, E, table + v0 * E, E, packed.data(), Gp, &projected[v0 * Gp], Gp, true);
   });
   return projected;
+}
+
+// From the chunks' d xw sums per token id (see WeightGradients), in chunk order: dz (V, Gp),
+// then the table's gradient dz @ kernel^T (V, E) and the input kernel's table^T @ dz (E, 4H).
+void TableGradients(const float* table, long V, long E, const float* kernel, long G, long chunks,
+                    float* by_id, const uint8_t* touched, float* d_table, float* d_kernel) {
+  const long Gp = Padded(G), Ep = Padded(E);
+  float* dz = by_id;  // Chunk 0's sums become the total.
+  const std::vector<float> packed_t = Pack(kernel, G, E, true);
+  std::vector<float> d_rows(V * Ep);
+  ParallelFor(V, [&](long v0, long v1) {
+    for (long v = v0; v < v1; ++v) {
+      float* total = dz + v * Gp;
+      if (!touched[v]) std::fill(total, total + G, 0.0f);
+      for (long c = 1; c < chunks; ++c) {
+        if (!touched[c * V + v]) continue;
+        const float* sum = by_id + (c * V + v) * Gp;
+        for (long j = 0; j < G; ++j) total[j] += sum[j];
+      }
+      std::fill(total + G, total + Gp, 0.0f);
+    }
+    Matmul(v1 - v0, G, dz + v0 * Gp, Gp, packed_t.data(), Ep, &d_rows[v0 * Ep], Ep, false);
+    for (long v = v0; v < v1; ++v) {
+      std::memcpy(d_table + v * E, &d_rows[v * Ep], E * sizeof(float));
+    }
+  });
+  std::vector<float> d_kernel_padded(E * Gp);
+  ParallelFor(E, [&](long e0, long e1) {
+    Matmul<true>(e1 - e0, V, table + e0, E, dz, Gp, Gp, kPanel, Gp, &d_kernel_padded[e0 * Gp],
+                 Gp, false);
+  });
+  for (long e = 0; e < E; ++e) {
+    std::memcpy(d_kernel + e * G, &d_kernel_padded[e * Gp], G * sizeof(float));
+  }
 }
 
 }  // namespace
@@ -493,13 +553,16 @@ ffi::Error LstmForwardImpl(ffi::Buffer<ffi::F32> xw, ffi::Buffer<ffi::F32> recur
 
 // Either d xw (T, B, 4H), or, given the input kernel (E, 4H), its inputs (T, B, E) and the
 // forward's hs (T, B, H), d inputs (T, B, E) and the gradients of the input kernel, the
-// recurrent kernel and the bias (d xw then empty: never written out).
+// recurrent kernel and the bias (d xw then empty: never written out). Given also ids (T, B),
+// inputs is the embedding table (V, E) the forward looked x_t up in, and d inputs is the
+// table's gradient (V, E).
 ffi::Error LstmBackwardImpl(ffi::Buffer<ffi::F32> gates, ffi::Buffer<ffi::F32> cs,
                             ffi::Buffer<ffi::F32> recurrent_kernel, ffi::Buffer<ffi::PRED> mask,
                             ffi::Buffer<ffi::F32> recurrent_mask, ffi::Buffer<ffi::F32> dh_final,
                             ffi::Buffer<ffi::F32> dhs, ffi::Buffer<ffi::F32> kernel,
                             ffi::Buffer<ffi::F32> inputs, ffi::Buffer<ffi::F32> hs,
-                            int32_t reverse, ffi::ResultBuffer<ffi::F32> dxw,
+                            ffi::Buffer<ffi::S32> ids, int32_t reverse,
+                            ffi::ResultBuffer<ffi::F32> dxw,
                             ffi::ResultBuffer<ffi::F32> d_inputs,
                             ffi::ResultBuffer<ffi::F32> d_kernel,
                             ffi::ResultBuffer<ffi::F32> d_recurrent_kernel,
@@ -508,29 +571,37 @@ ffi::Error LstmBackwardImpl(ffi::Buffer<ffi::F32> gates, ffi::Buffer<ffi::F32> c
   if (dims.size() != 3) return ffi::Error::InvalidArgument("cs must be (T, B, H)");
   const Shapes s{dims[0], dims[1], dims[2]};
   const long H = s.units, G = 4 * H, Gp = Padded(G);
-  const bool project = kernel.element_count() != 0;
-  const long E = project ? kernel.dimensions()[0] : 0, D = E + H + 1;
+  const bool project = kernel.element_count() != 0, lookup = ids.element_count() != 0;
+  const long E = project ? kernel.dimensions()[0] : 0, V = lookup ? inputs.dimensions()[0] : 0;
+  const long Ex = lookup ? 0 : E, D = Ex + H + 1;  // Ex: the features x_t has in the loop.
   const std::vector<float> packed_t = Pack(
-      Stacked(kernel.typed_data(), E, recurrent_kernel.typed_data(), H).data(), G, E + H, true);
+      Stacked(kernel.typed_data(), Ex, recurrent_kernel.typed_data(), H).data(), G, Ex + H, true);
   const bool* m = mask.element_count() ? mask.typed_data() : nullptr;
   const float* rm = recurrent_mask.element_count() ? recurrent_mask.typed_data() : nullptr;
   const float* dh = dh_final.element_count() ? dh_final.typed_data() : nullptr;
   const float* dh_seq = dhs.element_count() ? dhs.typed_data() : nullptr;
-  std::vector<float> sums(project ? Chunks(s.batch) * D * Gp : 0, 0.0f);
+  const long chunks = Chunks(s.batch);
+  std::vector<float> sums(project ? chunks * D * Gp : 0, 0.0f);
+  // Left unset: a row is written before it is read (`touched`), and most rows of a short
+  // batch never are.
+  const std::unique_ptr<float[]> by_id(new float[chunks * V * Gp]);
+  std::vector<uint8_t> touched(chunks * V, 0);
   WeightGradients weights;
   if (project) weights = {inputs.typed_data(), hs.typed_data(), sums.data()};
+  if (lookup) weights = {nullptr, hs.typed_data(), sums.data(), ids.typed_data(), V,
+                         by_id.get(), touched.data()};
   ParallelFor(s.batch, [&](long b0, long b1) {
     BackwardRows(s, b0, b1, gates.typed_data(), cs.typed_data(), packed_t.data(), m, rm,
                  reverse != 0, dh, dh_seq, dxw->element_count() ? dxw->typed_data() : nullptr,
-                 E, project ? d_inputs->typed_data() : nullptr, weights);
+                 Ex, project && !lookup ? d_inputs->typed_data() : nullptr, weights);
   });
   if (project) {  // Chunk by chunk, in order.
     float* outs[3] = {d_kernel->typed_data(), d_recurrent_kernel->typed_data(),
                       d_bias->typed_data()};
-    const long first_row[3] = {0, E, E + H}, count[3] = {E, H, 1};
+    const long first_row[3] = {0, Ex, Ex + H}, count[3] = {Ex, H, 1};
     for (int o = 0; o < 3; ++o) {
       std::fill(outs[o], outs[o] + count[o] * G, 0.0f);
-      for (long c = 0; c < Chunks(s.batch); ++c) {
+      for (long c = 0; c < chunks; ++c) {
         for (long i = 0; i < count[o]; ++i) {
           const float* sum = &sums[(c * D + first_row[o] + i) * Gp];
           for (long j = 0; j < G; ++j) outs[o][i * G + j] += sum[j];
@@ -538,6 +609,9 @@ ffi::Error LstmBackwardImpl(ffi::Buffer<ffi::F32> gates, ffi::Buffer<ffi::F32> c
       }
     }
   }
+  if (lookup) TableGradients(inputs.typed_data(), V, E, kernel.typed_data(), G, chunks,
+                             by_id.get(), touched.data(), d_inputs->typed_data(),
+                             d_kernel->typed_data());
   return ffi::Error::Success();
 }
 
@@ -554,5 +628,6 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(
 XLA_FFI_DEFINE_HANDLER_SYMBOL(
     SeqjaxLstmBackward, LstmBackwardImpl,
     ffi::Ffi::Bind().Arg<F32>().Arg<F32>().Arg<F32>().Arg<Pred>().Arg<F32>().Arg<F32>()
-        .Arg<F32>().Arg<F32>().Arg<F32>().Arg<F32>().Attr<int32_t>("reverse").Ret<F32>()
+        .Arg<F32>().Arg<F32>().Arg<F32>().Arg<F32>().Arg<ffi::Buffer<ffi::S32>>()
+        .Attr<int32_t>("reverse").Ret<F32>()
         .Ret<F32>().Ret<F32>().Ret<F32>().Ret<F32>());

@@ -200,18 +200,20 @@ def backward(gate_tanh: Array, cs: Array, recurrent_kernel: Array, mask: Array |
 
 def backward_projected(gate_tanh: Array, cs: Array, hs: Array, recurrent_kernel: Array,
                        mask: Array | None, recurrent_mask: Array | None, grad: Array,
-                       reverse: bool, sequences: bool, inputs: Array, kernel: Array
-                       ) -> tuple[Array, Array, Array, Array]:
+                       reverse: bool, sequences: bool, inputs: Array, kernel: Array,
+                       ids: Array | None = None) -> tuple[Array, Array, Array, Array]:
   """`backward` where the forward pass projected `inputs` (T, B, E) with `kernel` (E, 4H), given
   also its hs (T, B, H) -> the gradients of the inputs, the kernel, the recurrent kernel and
   the bias. The kernel sums the weights' gradients itself, a few steps at a time while each
-  step's d xw is in cache, and never writes d xw out."""
+  step's d xw is in cache, and never writes d xw out. Given ids (T, B), inputs is the embedding
+  table (V, E) the forward looked them up in: the kernel sums d xw per id and derives the
+  table's and the kernel's gradients from those V rows."""
   return _backward(gate_tanh, cs, recurrent_kernel, mask, recurrent_mask, grad, reverse,
-                   sequences, inputs, kernel, hs)[1:]
+                   sequences, inputs, kernel, hs, ids)[1:]
 
 
 def _backward(gate_tanh, cs, recurrent_kernel, mask, recurrent_mask, grad, reverse, sequences,
-              inputs=None, kernel=None, hs=None) -> tuple[Array, ...]:
+              inputs=None, kernel=None, hs=None, ids=None) -> tuple[Array, ...]:
   _require()
   f32 = jnp.float32
   empty = jnp.zeros((0,), f32)
@@ -221,12 +223,13 @@ def _backward(gate_tanh, cs, recurrent_kernel, mask, recurrent_mask, grad, rever
   if kernel is None:
     outputs = (shape(steps, batch, gates), shape(0), shape(0), shape(0), shape(0))
   else:
-    outputs = (shape(0), shape(steps, batch, kernel.shape[0]), shape(*kernel.shape),
-               shape(units, gates), shape(gates))
+    d_inputs = shape(*inputs.shape) if ids is not None else shape(steps, batch, kernel.shape[0])
+    outputs = (shape(0), d_inputs, shape(*kernel.shape), shape(units, gates), shape(gates))
   return jax.ffi.ffi_call(BACKWARD, outputs, vmap_method="sequential")(
       gate_tanh, cs, recurrent_kernel, _optional(mask, bool), _optional(recurrent_mask, f32),
       empty if sequences else grad, grad if sequences else empty, _optional(kernel, f32),
-      _optional(inputs, f32), _optional(hs, f32), reverse=np.int32(reverse))
+      _optional(inputs, f32), _optional(hs, f32), _optional(ids, jnp.int32),
+      reverse=np.int32(reverse))
 
 
 def path_in_use() -> str:

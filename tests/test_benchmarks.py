@@ -39,13 +39,19 @@ def test_target_is_reachable_only_if_the_bound_reaches_it():
 
 
 def test_step_flops_count_every_matmul_three_times_in_training():
-  # lstm: T = 500, B = 64, (E + H) = 132 inputs to 4H = 400 gates, 2 FLOPs a multiply-add.
-  assert serial_bound.step_flops("lstm", 64, training=False) == 2 * 500 * 64 * 132 * 400
-  assert serial_bound.step_flops("lstm", 64, training=True) == 3 * 2 * 500 * 64 * 132 * 400
-  assert serial_bound.step_flops("bilstm", 64, True) == 2 * serial_bound.step_flops("lstm", 64,
-                                                                                      True)
+  # T = 500, B = 64, H = 100 inputs to 4H = 400 gates from the recurrence; the E = 32 features
+  # of every token, or where the LSTM reads the embedding unchanged (the models without
+  # dropout before it, and every one at inference), of the V = 5,000 rows of the table once.
+  # 2 FLOPs a multiply-add.
+  recurrence, tokens = 2 * 500 * 64 * 100 * 400, 2 * 500 * 64 * 32 * 400
+  table = 2 * 5000 * 32 * 400
+  assert serial_bound.step_flops("lstm", 64, training=False) == recurrence + table
+  assert serial_bound.step_flops("lstm", 64, training=True) == 3 * (recurrence + table)
+  assert serial_bound.step_flops("lstm_dropout", 64, True) == 3 * (recurrence + tokens)
+  assert serial_bound.step_flops("bilstm", 64, True) == 2 * serial_bound.step_flops(
+      "lstm_dropout", 64, True)
   conv = 2 * 500 * 64 * 3 * 32 * 32
-  assert serial_bound.step_flops("cnn_lstm", 64, False) == 2 * 250 * 64 * 132 * 400 + conv
+  assert serial_bound.step_flops("cnn_lstm", 64, False) == (recurrence + tokens) // 2 + conv
 
 
 def test_bound_is_the_slower_of_the_chain_and_the_arithmetic(monkeypatch):

@@ -143,14 +143,15 @@ def looks_up_ids(hlo: str) -> bool:
 @pytest.mark.parametrize("bidirectional, units", [(False, 9), (True, 29), (False, 100)])
 def test_embedding_lookup_gives_the_bits_of_projecting_each_token(monkeypatch, bidirectional,
                                                                   units):
-  """An LSTM reading `Embedded` ids at inference projects the table once and looks the rows up:
-  the same outputs, bit for bit, as reading table[ids]; and the same gradients, to 1e-5, as the
-  scan path's. In training, under input dropout, it reads table[ids] as before."""
+  """An LSTM reading `Embedded` ids projects the table once and looks the rows up: the same
+  outputs, bit for bit, as reading table[ids]; and the same gradients, to 1e-5, as the scan
+  path's, though the kernel sums the table's and the input kernel's per id (here over three
+  chunks of rows). Under input dropout it reads table[ids] as before."""
   use(monkeypatch, "native")
   rng = np.random.default_rng(0)
   table = jnp.asarray(rng.normal(size=(40, 13)).astype(np.float32))
-  ids = jnp.asarray(rng.integers(0, 40, (7, 11)).astype(np.int32))  # 77 tokens >= 40 rows.
-  mask = np.arange(11)[None, :] < np.array([11, 3, 8, 1, 11, 5, 9])[:, None]
+  ids = jnp.asarray(rng.integers(0, 40, (37, 11)).astype(np.int32))
+  mask = np.arange(11)[None, :] < rng.integers(1, 12, 37)[:, None]
   layer = (models.Bidirectional if bidirectional else models.LSTM)(
       units=units, dropout=0.2, recurrent_dropout=0.3, return_sequences=bidirectional)
   params = layer.init(jax.random.PRNGKey(0), table[ids], mask, train=False)["params"]
@@ -173,18 +174,25 @@ def test_embedding_lookup_gives_the_bits_of_projecting_each_token(monkeypatch, b
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
-def test_classifier_looks_up_at_inference_where_the_batch_has_as_many_tokens_as_the_table_rows(
+def test_classifier_looks_up_where_nothing_changes_the_words_and_the_batch_fills_the_table(
     monkeypatch):
   """Projecting a table larger than the batch's tokens would cost more than it saves; in
-  training, dropout (and adversarial training's perturbation) change the embedded words."""
+  training, dropout and adversarial training's perturbation change the embedded words."""
   use(monkeypatch, "native")
-  model = models.Classifier(vocab_size=40, embedding_dim=3, lstm_units=4, lstm_dropout=0.5)
-  params = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 10), jnp.int32))
-  lower = lambda tokens, train: jax.jit(lambda p: model.apply(
-      p, tokens, train=train, rngs={"dropout": jax.random.PRNGKey(1)})).lower(params).as_text()
-  assert not looks_up_ids(lower(jnp.ones((3, 13), jnp.int32), False))  # 39 tokens, 40 rows.
-  assert looks_up_ids(lower(jnp.ones((4, 10), jnp.int32), False))
-  assert not looks_up_ids(lower(jnp.ones((4, 10), jnp.int32), True))
+  plain = models.Classifier(vocab_size=40, embedding_dim=3, lstm_units=4)
+  dropped = plain.clone(lstm_dropout=0.5)
+  params = plain.init(jax.random.PRNGKey(0), jnp.zeros((1, 10), jnp.int32))
+  few, enough = jnp.ones((3, 13), jnp.int32), jnp.ones((4, 10), jnp.int32)  # 39, 40 tokens.
+
+  def looks_up(model, tokens, train, perturbation=None):
+    run = lambda p: model.apply(p, tokens, train=train, perturbation=perturbation,
+                                rngs={"dropout": jax.random.PRNGKey(1)})
+    return looks_up_ids(jax.jit(run).lower(params).as_text())
+
+  assert not looks_up(plain, few, False)
+  assert looks_up(plain, enough, False) and looks_up(plain, enough, True)
+  assert looks_up(dropped, enough, False) and not looks_up(dropped, enough, True)
+  assert not looks_up(plain, enough, True, jnp.zeros((4, 10, 3)))
 
 
 def test_an_id_outside_the_table_is_an_error_not_a_stray_read():
@@ -212,15 +220,20 @@ rk = (rng.normal(size=(20, 80)) / 5).astype(np.float32)
 run = lambda xw, rk: jnp.sum(models.lstm_recurrence(xw, rk, None, None, False, True) ** 2)
 x, kernel, bias = xw[..., :7], rk[:7] / 2, xw[0, 0]
 layer = lambda *w: jnp.sum(models.lstm_layer(*w, None, None, True, True) ** 2)
+table, ids = rng.normal(size=(50, 7)).astype(np.float32), rng.integers(0, 50, (30, 45))
+looked_up = lambda *w: jnp.sum(
+    models.lstm_layer(*w, None, None, False, True, jnp.asarray(ids, jnp.int32)) ** 2)
 out = [run(xw, rk), *jax.grad(run, argnums=(0, 1))(xw, rk),
-       *jax.grad(layer, argnums=(0, 1, 2, 3))(x, kernel, bias, rk)]
+       *jax.grad(layer, argnums=(0, 1, 2, 3))(x, kernel, bias, rk),
+       *jax.grad(looked_up, argnums=(0, 1, 2, 3))(table, kernel, bias, rk)]
 np.savez(sys.argv[1], *map(np.asarray, out))
 """
 
 
 def test_results_do_not_depend_on_the_thread_count(tmp_path):
   """Each batch row's sums run in one fixed order, whichever thread takes the row, and the
-  weights' gradients sum fixed chunks of rows in a fixed order."""
+  weights' gradients (and the per-id sums of an embedding lookup) sum fixed chunks of rows in
+  a fixed order."""
   results = []
   for threads in (1, 4):
     path = tmp_path / f"{threads}.npz"
