@@ -16,7 +16,9 @@
    forward pass's), at the fastest rate any chain above reached on one core, on every core.
    Where the LSTM reads the embedded words unchanged (no dropout between: every model at
    inference, `lstm` in training too), the input projection is counted the cheaper exact way:
-   the vocabulary's embeddings projected once, (V, E) @ (E, 4H), rather than every token's.
+   the vocabulary's embeddings projected once, (V, E) @ (E, 4H), rather than every token's;
+   likewise the conv, which always reads them unchanged: (V, E) @ (E, 3F), each word's
+   contribution at each of its taps, rather than every step's (3E) @ (3E, F).
 
 The slower of the two bounds from above what any exact implementation of the five tutorial
 models can reach on this machine. Set beside the targets of the speed issue (2x the best
@@ -180,13 +182,13 @@ def best_peers(results_file: pathlib.Path) -> dict:
 def step_flops(model: str, batch: int, training: bool) -> float:
   """The multiply-adds (x2) of every matmul in a step: per LSTM chain 2 T B H 4H forward for
   the recurrence, and 2 T B E 4H for the input projection, or 2 V E 4H where the LSTM reads
-  the embedding unchanged; the conv's 2 L B (3 E) F; training x3."""
+  the embedding unchanged; the conv's 2 V E (3 F); training x3."""
   steps, chains, _ = MODELS[model]
   reads_embedding = model != "cnn_lstm" and (not training or model == "lstm")
   projected = VOCABULARY if reads_embedding else steps * batch
   forward = chains * 2 * (steps * batch * UNITS + projected * EMBEDDING) * 4 * UNITS
   if model == "cnn_lstm":
-    forward += 2 * LENGTH * batch * WIDTH * EMBEDDING * FILTERS
+    forward += 2 * VOCABULARY * EMBEDDING * WIDTH * FILTERS
   return 3 * forward if training else forward
 
 

@@ -350,13 +350,29 @@ class Bidirectional(nn.Module):
     return jnp.concatenate([forward, backward], axis=-1)
 
 
+class ConvWeights(nn.Module):
+  """The parameters of `nn.Conv(filters, (kernel_size,))`, under its names and initializers:
+  kernel (K, E, F) and bias (F,). `ConvFrontEnd` applies them itself."""
+
+  filters: int
+  kernel_size: int
+
+  @nn.compact
+  def __call__(self, features: int) -> tuple[Array, Array]:
+    kernel = self.param("kernel", glorot_uniform, (self.kernel_size, features, self.filters),
+                        jnp.float32)
+    return kernel, self.param("bias", nn.initializers.zeros_init(), (self.filters,), jnp.float32)
+
+
 class ConvFrontEnd(nn.Module):
   """Conv1D(filters, kernel_size, padding='same', relu) then MaxPooling1D(pool_size).
 
-  Input (B, T, E) -> (B, T // pool_size, F). With a mask (B, T) (real steps first, padding
-  after), padded inputs count as zeros, as at the end of an unpadded sequence, and a pooled
-  step is real only if its whole window is: the output's real steps are those of the same
-  sequence run alone, and the returned mask (B, T // pool_size) marks them.
+  Input (B, T, E), or `Embedded` ids (B, T) -> (B, T // pool_size, F). With a mask (B, T)
+  (real steps first, padding after), padded inputs count as zeros, as at the end of an
+  unpadded sequence, and a pooled step is real only if its whole window is: the output's real
+  steps are those of the same sequence run alone, and the returned mask (B, T // pool_size)
+  marks them. On the native kernel's path, embedded ids are convolved as a sum of looked-up
+  rows (`conv_taps`) and never gathered: the conv's cost then no longer grows with the batch.
   """
 
   filters: int
@@ -365,15 +381,54 @@ class ConvFrontEnd(nn.Module):
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, inputs: Array, mask: Array | None = None) -> tuple[Array, Array | None]:
-    if mask is not None:
-      inputs = inputs * mask[..., None]
-    x = nn.Conv(self.filters, (self.kernel_size,), padding="SAME", kernel_init=glorot_uniform,
-                dtype=self.dtype, name="conv")(inputs)
-    x = max_pool_over_time(nn.relu(x), self.pool_size)
+  def __call__(self, inputs: Array | Embedded, mask: Array | None = None
+               ) -> tuple[Array, Array | None]:
+    kernel, bias = ConvWeights(self.filters, self.kernel_size, name="conv")(inputs.shape[-1])
+    kernel, bias = kernel.astype(self.dtype), bias.astype(self.dtype)
+    if isinstance(inputs, Embedded) and native_lstm.enabled(self.dtype):
+      pad = -self.filters % native_lstm.CONV_FEATURES_MULTIPLE
+      x = _native_conv_front_end(inputs.table.astype(self.dtype), inputs.ids, mask,
+                                 jnp.pad(kernel, ((0, 0), (0, 0), (0, pad))),
+                                 jnp.pad(bias, (0, pad)), self.pool_size)[..., :self.filters]
+    else:
+      x = (inputs.gather() if isinstance(inputs, Embedded) else inputs).astype(self.dtype)
+      if mask is not None:
+        x = x * mask[..., None]
+      x = jax.lax.conv_general_dilated(x, kernel, (1,), "SAME",
+                                       dimension_numbers=("NWC", "WIO", "NWC")) + bias
+      x = max_pool_over_time(nn.relu(x), self.pool_size)
     if mask is not None:
       mask = -max_pool_over_time(-mask[..., None].astype(x.dtype), self.pool_size)[..., 0] > 0
     return x, mask
+
+
+def conv_taps(table: Array, kernel: Array) -> Array:
+  """Every word's contribution to a 'same' Conv1D at each of its taps: table (V, E) and kernel
+  (K, E, F) -> (V, K * F), row v holding [table[v] @ kernel[0], ..., table[v] @ kernel[K-1]]."""
+  taps, features, filters = kernel.shape
+  return table @ jnp.transpose(kernel, (1, 0, 2)).reshape(features, taps * filters)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
+def _native_conv_front_end(table, ids, mask, kernel, bias, pool_size):
+  return native_lstm.conv_forward(conv_taps(table, kernel), ids, mask, bias, pool_size)
+
+
+def _native_conv_front_end_fwd(table, ids, mask, kernel, bias, pool_size):
+  taps = conv_taps(table, kernel)
+  return (native_lstm.conv_forward(taps, ids, mask, bias, pool_size),
+          (table, ids, mask, kernel, bias, taps))
+
+
+def _native_conv_front_end_bwd(pool_size, saved, grad):
+  table, ids, mask, kernel, bias, taps = saved
+  d_taps, d_bias = native_lstm.conv_backward(taps, ids, mask, bias, grad, pool_size)
+  _, d_table_kernel = jax.vjp(conv_taps, table, kernel)
+  d_table, d_kernel = d_table_kernel(d_taps)
+  return d_table, None, None, d_kernel, d_bias
+
+
+_native_conv_front_end.defvjp(_native_conv_front_end_fwd, _native_conv_front_end_bwd)
 
 
 def max_pool_over_time(x: Array, size: int) -> Array:
@@ -594,13 +649,13 @@ class Classifier(nn.Module):
                      name="embedding_dropout")(x)
     if perturbation is not None:
       x = x + perturbation.astype(x.dtype)
+    if x is embedded and ids.size >= words:
+      # Nothing (dropout, perturbation, probe) came between, and transforming the table
+      # (projecting it, convolving it) costs less than transforming every token.
+      x = Embedded(embed.embedding, ids)
     if self.conv_filters:
       x, mask = ConvFrontEnd(self.conv_filters, self.conv_kernel_size, self.pool_size,
                              dtype=self.dtype, name="conv_front_end")(x, mask)
-    elif x is embedded and ids.size >= words:
-      # Nothing (dropout, perturbation, probe) came between, and projecting the table costs
-      # less than projecting every token.
-      x = Embedded(embed.embedding, ids)
     x = recurrent_layers(x, mask, units=self.lstm_units, layers=self.lstm_layers,
                          bidirectional=self.bidirectional, dropout=self.lstm_dropout,
                          recurrent_dropout=self.lstm_recurrent_dropout,

@@ -21,6 +21,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <memory>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -615,7 +616,148 @@ ffi::Error LstmBackwardImpl(ffi::Buffer<ffi::F32> gates, ffi::Buffer<ffi::F32> c
   return ffi::Error::Success();
 }
 
-// The buffers' types, in the order native_lstm.py passes them (see the two Impl functions).
+// The conv front end of seqjax.models.ConvFrontEnd on embedded ids, as two more custom calls:
+// Conv1D(F, K, padding='same') -> relu -> MaxPooling1D(P). The convolution of embedded words is
+// a sum of looked-up rows: taps (V, K F) holds each word's table row times each of the K kernel
+// slices, so the conv at step t is bias + sum_k taps[ids[t + k - (K - 1) / 2], k], taps outside
+// the sequence or on padding (mask false) left out. The caller computes taps (one small matmul),
+// pads F to whole vectors, and turns the taps' gradient back into the table's and the kernel's.
+
+namespace {
+
+typedef int32_t ivec __attribute__((vector_size(sizeof(vec))));
+
+// The pre-activation of one row's conv at step t, the n vectors of features from f0, into acc:
+// the bias, then the taps in order. Both passes call it, so they agree on every bit.
+inline void ConvAt(long t, long T, long K, long F, long f0, long n, const float* taps,
+                   const int32_t* ids, const bool* mask, const float* bias, vec* acc) {
+  for (long v = 0; v < n; ++v) acc[v] = Load(&bias[f0 + v * kLanes]);
+  for (long k = 0; k < K; ++k) {
+    const long s = t + k - (K - 1) / 2;
+    if (s < 0 || s >= T || (mask != nullptr && !mask[s])) continue;
+    const float* row = &taps[(ids[s] * K + k) * F + f0];
+    for (long v = 0; v < n; ++v) acc[v] += Load(row + v * kLanes);
+  }
+}
+
+inline vec Relu(vec x) { return x < vec{} ? vec{} : x; }
+
+struct ConvShapes {
+  long batch, steps, taps, features, pool;  // B, T, K, F, P.
+};
+
+ffi::Error CheckConv(ffi::Buffer<ffi::F32>& taps, ffi::Buffer<ffi::S32>& ids,
+                     ffi::Buffer<ffi::PRED>& mask, ffi::Buffer<ffi::F32>& bias, int32_t pool,
+                     ConvShapes* s) {
+  const auto id_dims = ids.dimensions(), tap_dims = taps.dimensions();
+  if (id_dims.size() != 2 || tap_dims.size() != 2 || bias.dimensions().size() != 1 ||
+      pool < 1 || bias.dimensions()[0] % kLanes != 0 ||
+      tap_dims[1] % bias.dimensions()[0] != 0) {
+    return ffi::Error::InvalidArgument(
+        "expected taps (V, K F), ids (B, T), bias (F,), F a multiple of " +
+        std::to_string(kLanes) + ", and pool_size >= 1");
+  }
+  if (mask.element_count() != 0 && mask.element_count() != ids.element_count()) {
+    return ffi::Error::InvalidArgument("the mask must be empty or shaped as the ids (B, T)");
+  }
+  const long V = tap_dims[0], F = bias.dimensions()[0];
+  for (long i = 0; i < ids.element_count(); ++i) {
+    if (ids.typed_data()[i] < 0 || ids.typed_data()[i] >= V) {
+      return ffi::Error::InvalidArgument("an id lies outside the embedding table");
+    }
+  }
+  *s = {id_dims[0], id_dims[1], tap_dims[1] / F, F, pool};
+  return ffi::Error::Success();
+}
+
+}  // namespace
+
+// out (B, T / P, F): the largest relu of the conv over each window of P steps.
+ffi::Error ConvForwardImpl(ffi::Buffer<ffi::F32> taps, ffi::Buffer<ffi::S32> ids,
+                           ffi::Buffer<ffi::PRED> mask, ffi::Buffer<ffi::F32> bias, int32_t pool,
+                           ffi::ResultBuffer<ffi::F32> out) {
+  ConvShapes s;
+  if (ffi::Error error = CheckConv(taps, ids, mask, bias, pool, &s); error.failure()) {
+    return error;
+  }
+  const long T = s.steps, F = s.features, n = F / kLanes, pooled = T / s.pool;
+  const bool* m = mask.element_count() ? mask.typed_data() : nullptr;
+  ParallelFor(s.batch, [&](long b0, long b1) {
+    std::vector<vec> acc(n), best(n);
+    for (long b = b0; b < b1; ++b) {
+      for (long t = 0; t < pooled; ++t) {
+        for (long j = 0; j < s.pool; ++j) {
+          ConvAt(t * s.pool + j, T, s.taps, F, 0, n, taps.typed_data(), &ids.typed_data()[b * T],
+                 m ? &m[b * T] : nullptr, bias.typed_data(), acc.data());
+          for (long v = 0; v < n; ++v) {  // As models.max_pool_over_time: the first of ties.
+            const vec value = Relu(acc[v]);
+            best[v] = j == 0 ? value : (value > best[v] ? value : best[v]);
+          }
+        }
+        float* o = &out->typed_data()[(b * pooled + t) * F];
+        for (long v = 0; v < n; ++v) Store(o + v * kLanes, best[v]);
+      }
+    }
+  });
+  return ffi::Error::Success();
+}
+
+// Given d out (B, T / P, F): d taps (V, K F) and d bias (F,). Each window's gradient goes to the
+// step that won it, where the conv was positive, and from there to the taps that step read.
+// The features are split between the threads, and every sum runs over the rows and steps in
+// order, so no result depends on the thread count.
+ffi::Error ConvBackwardImpl(ffi::Buffer<ffi::F32> taps, ffi::Buffer<ffi::S32> ids,
+                            ffi::Buffer<ffi::PRED> mask, ffi::Buffer<ffi::F32> bias,
+                            ffi::Buffer<ffi::F32> d_out, int32_t pool,
+                            ffi::ResultBuffer<ffi::F32> d_taps, ffi::ResultBuffer<ffi::F32> d_bias) {
+  ConvShapes s;
+  if (ffi::Error error = CheckConv(taps, ids, mask, bias, pool, &s); error.failure()) {
+    return error;
+  }
+  const long T = s.steps, K = s.taps, F = s.features, P = s.pool, pooled = T / P;
+  const bool* m = mask.element_count() ? mask.typed_data() : nullptr;
+  float* dt = d_taps->typed_data();
+  std::fill(dt, dt + d_taps->element_count(), 0.0f);
+  ParallelFor(F, [&](long f0, long f1) {  // Whole chunks of 16 features: whole vectors.
+    const long n = (f1 - f0) / kLanes;
+    std::vector<vec> acc(n), best(n), db(n, vec{});
+    std::vector<ivec> winner(n);
+    for (long b = 0; b < s.batch; ++b) {
+      const int32_t* row_ids = &ids.typed_data()[b * T];
+      const bool* row_mask = m ? &m[b * T] : nullptr;
+      for (long t = 0; t < pooled; ++t) {
+        for (long j = 0; j < P; ++j) {
+          ConvAt(t * P + j, T, K, F, f0, n, taps.typed_data(), row_ids, row_mask,
+                 bias.typed_data(), acc.data());
+          for (long v = 0; v < n; ++v) {
+            const vec value = Relu(acc[v]);
+            const ivec better = j == 0 ? ivec{} == ivec{} : value > best[v];
+            best[v] = better ? value : best[v];
+            winner[v] = better ? ivec{} + static_cast<int32_t>(j) : winner[v];
+          }
+        }
+        const float* d = &d_out.typed_data()[(b * pooled + t) * F + f0];
+        for (long j = 0; j < P; ++j) {
+          for (long v = 0; v < n; ++v) {
+            const ivec won = (winner[v] == static_cast<int32_t>(j)) & (best[v] > vec{});
+            const vec g = won ? Load(d + v * kLanes) : vec{};
+            db[v] += g;
+            for (long k = 0; k < K; ++k) {
+              const long step = t * P + j + k - (K - 1) / 2;
+              if (step < 0 || step >= T || (row_mask != nullptr && !row_mask[step])) continue;
+              float* row = &dt[(row_ids[step] * K + k) * F + f0 + v * kLanes];
+              Store(row, Load(row) + g);
+            }
+          }
+        }
+      }
+    }
+    for (long v = 0; v < n; ++v) Store(&d_bias->typed_data()[f0 + v * kLanes], db[v]);
+  });
+  return ffi::Error::Success();
+}
+
+// The buffers' types, in the order native_lstm.py passes them (see the Impl functions).
 using F32 = ffi::Buffer<ffi::F32>;
 using Pred = ffi::Buffer<ffi::PRED>;
 
@@ -631,3 +773,13 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(
         .Arg<F32>().Arg<F32>().Arg<F32>().Arg<F32>().Arg<ffi::Buffer<ffi::S32>>()
         .Attr<int32_t>("reverse").Ret<F32>()
         .Ret<F32>().Ret<F32>().Ret<F32>().Ret<F32>());
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(
+    SeqjaxConvForward, ConvForwardImpl,
+    ffi::Ffi::Bind().Arg<F32>().Arg<ffi::Buffer<ffi::S32>>().Arg<Pred>().Arg<F32>()
+        .Attr<int32_t>("pool").Ret<F32>());
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(
+    SeqjaxConvBackward, ConvBackwardImpl,
+    ffi::Ffi::Bind().Arg<F32>().Arg<ffi::Buffer<ffi::S32>>().Arg<Pred>().Arg<F32>().Arg<F32>()
+        .Attr<int32_t>("pool").Ret<F32>().Ret<F32>());

@@ -1,11 +1,13 @@
-"""The native CPU kernel of the LSTM recurrence (native_lstm.cc), built on first use.
+"""The native CPU kernels (native_lstm.cc) of the LSTM recurrence and of the conv front end
+on embedded ids, built on first use.
 
 `SEQJAX_LSTM_KERNEL` chooses the path of `models.lstm_recurrence`: 'auto' (the default) runs
 the kernel where JAX computes float32 on one CPU device and the kernel builds, else the
 `nn.scan` path; 'native' insists on the kernel (an error where it cannot be built; on several
 devices each then runs it on the whole batch); 'scan' always scans; 'cudnn' takes
-seqjax/cudnn_lstm.py's path (auto's choice on GPU). The kernel uses every core the process may
-run on ($SEQJAX_LSTM_THREADS sets how many threads).
+seqjax/cudnn_lstm.py's path (auto's choice on GPU). `models.ConvFrontEnd` follows the same
+choice. The kernels use every core the process may run on ($SEQJAX_LSTM_THREADS sets how many
+threads).
 
 The kernel is compiled with the machine's C++ compiler (`$CXX`, else `c++`) the first time a
 process needs it, into $XDG_CACHE_HOME/seqjax (~/.cache/seqjax), under a name that hashes the
@@ -39,6 +41,8 @@ SOURCE = pathlib.Path(__file__).with_name("native_lstm.cc")
 FLAGS = ("-O3", "-march=native", "-std=c++17", "-ffp-contract=fast", "-fPIC", "-shared",
          "-pthread", "-w")
 FORWARD, BACKWARD = "seqjax_lstm_forward", "seqjax_lstm_backward"
+CONV_FORWARD, CONV_BACKWARD = "seqjax_conv_forward", "seqjax_conv_backward"
+CONV_FEATURES_MULTIPLE = 16  # The conv kernels read features in whole vectors.
 
 
 def mode() -> str:
@@ -101,7 +105,9 @@ def _load() -> str | None:
   try:
     library = ctypes.cdll.LoadLibrary(str(_build()))
     for name, symbol in ((FORWARD, library.SeqjaxLstmForward),
-                         (BACKWARD, library.SeqjaxLstmBackward)):
+                         (BACKWARD, library.SeqjaxLstmBackward),
+                         (CONV_FORWARD, library.SeqjaxConvForward),
+                         (CONV_BACKWARD, library.SeqjaxConvBackward)):
       jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(symbol), platform="cpu")
   except (RuntimeError, OSError, AttributeError) as e:
     return str(e)
@@ -230,6 +236,30 @@ def _backward(gate_tanh, cs, recurrent_kernel, mask, recurrent_mask, grad, rever
       empty if sequences else grad, grad if sequences else empty, _optional(kernel, f32),
       _optional(inputs, f32), _optional(hs, f32), _optional(ids, jnp.int32),
       reverse=np.int32(reverse))
+
+
+def conv_forward(taps: Array, ids: Array, mask: Array | None, bias: Array,
+                 pool_size: int) -> Array:
+  """Conv1D(F, K, padding='same') -> relu -> MaxPooling1D(pool_size) of embedded ids (B, T):
+  taps (V, K * F), each word's table row times each of the K kernel slices
+  (`models.conv_taps`), mask (B, T) bool (padding counts as zeros), bias (F,), F a multiple
+  of CONV_FEATURES_MULTIPLE -> (B, T // pool_size, F)."""
+  _require()
+  batch, steps = ids.shape
+  out = jax.ShapeDtypeStruct((batch, steps // pool_size, bias.shape[0]), jnp.float32)
+  return jax.ffi.ffi_call(CONV_FORWARD, out, vmap_method="sequential")(
+      taps, ids, _optional(mask, bool), bias, pool=np.int32(pool_size))
+
+
+def conv_backward(taps: Array, ids: Array, mask: Array | None, bias: Array, grad: Array,
+                  pool_size: int) -> tuple[Array, Array]:
+  """`conv_forward`'s gradient: from that of its output, grad (B, T // pool_size, F) ->
+  the gradients of taps (V, K * F) and of bias (F,)."""
+  _require()
+  f32 = jnp.float32
+  outputs = (jax.ShapeDtypeStruct(taps.shape, f32), jax.ShapeDtypeStruct(bias.shape, f32))
+  return jax.ffi.ffi_call(CONV_BACKWARD, outputs, vmap_method="sequential")(
+      taps, ids, _optional(mask, bool), bias, grad, pool=np.int32(pool_size))
 
 
 def path_in_use() -> str:

@@ -41,7 +41,8 @@ def test_target_is_reachable_only_if_the_bound_reaches_it():
 def test_step_flops_count_every_matmul_three_times_in_training():
   # T = 500, B = 64, H = 100 inputs to 4H = 400 gates from the recurrence; the E = 32 features
   # of every token, or where the LSTM reads the embedding unchanged (the models without
-  # dropout before it, and every one at inference), of the V = 5,000 rows of the table once.
+  # dropout before it, and every one at inference), of the V = 5,000 rows of the table once;
+  # the conv always reads it unchanged.
   # 2 FLOPs a multiply-add.
   recurrence, tokens = 2 * 500 * 64 * 100 * 400, 2 * 500 * 64 * 32 * 400
   table = 2 * 5000 * 32 * 400
@@ -50,7 +51,7 @@ def test_step_flops_count_every_matmul_three_times_in_training():
   assert serial_bound.step_flops("lstm_dropout", 64, True) == 3 * (recurrence + tokens)
   assert serial_bound.step_flops("bilstm", 64, True) == 2 * serial_bound.step_flops(
       "lstm_dropout", 64, True)
-  conv = 2 * 500 * 64 * 3 * 32 * 32
+  conv = 2 * 5000 * 32 * 3 * 32  # Each word's contribution at each of its taps, once.
   assert serial_bound.step_flops("cnn_lstm", 64, False) == (recurrence + tokens) // 2 + conv
 
 

@@ -157,6 +157,24 @@ def test_conv_front_end_is_same_padded_relu_conv_then_max_pool():
   np.testing.assert_allclose(out, want, atol=1e-5)
 
 
+def test_conv_front_end_parameters_and_outputs_are_nn_conv_s():
+  """The parameters `nn.Conv` made, under the same names and initial values: checkpoints
+  written before the front end applied them itself still load, to the same results."""
+
+  class Before(nn.Module):  # The front end's conv as it was.
+    @nn.compact
+    def __call__(self, x):
+      return nn.Conv(8, (3,), padding="SAME", kernel_init=models.glorot_uniform, name="conv")(x)
+
+  x = np.random.default_rng(0).normal(size=(3, 11, 5)).astype(np.float32)
+  front_end = models.ConvFrontEnd(filters=8, kernel_size=3, pool_size=1)
+  theirs = Before().init(jax.random.PRNGKey(3), x)["params"]
+  ours = front_end.init(jax.random.PRNGKey(3), x)["params"]
+  jax.tree_util.tree_map(np.testing.assert_array_equal, ours, theirs)
+  np.testing.assert_array_equal(front_end.apply({"params": ours}, x)[0],
+                                nn.relu(Before().apply({"params": theirs}, x)))
+
+
 @pytest.mark.parametrize("size, steps", [(2, 9), (3, 10), (2, 1)])
 def test_max_pool_over_time_equals_nn_max_pool_with_its_gradient(size, steps):
   x = np.random.default_rng(size).normal(size=(3, steps, 5)).astype(np.float32)

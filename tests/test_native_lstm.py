@@ -195,12 +195,70 @@ def test_classifier_looks_up_where_nothing_changes_the_words_and_the_batch_fills
   assert not looks_up(plain, enough, True, jnp.zeros((4, 10, 3)))
 
 
+# (batch, steps, vocabulary, features, filters, kernel_size, pool_size, masked): filters off
+# the 16-float vectors, even kernels, one step, pools wider than the sequence.
+CONV_CASES = [(3, 11, 17, 5, 8, 3, 2, True), (5, 7, 9, 4, 37, 5, 3, False),
+              (2, 1, 4, 3, 6, 3, 1, True), (4, 9, 6, 3, 20, 2, 2, True),
+              (33, 20, 30, 7, 32, 3, 2, True), (2, 3, 5, 2, 16, 3, 4, False)]
+
+
+@pytest.mark.parametrize("case", CONV_CASES)
+def test_conv_front_end_on_embedded_ids_equals_the_dense_conv(monkeypatch, case):
+  """On `Embedded` ids the conv front end sums looked-up taps: its outputs and the gradients of
+  the table, kernel and bias equal the dense conv's (the scan path's). Integer weights make
+  ties within pooling windows common: the same step must win them."""
+  batch, steps, words, features, filters, kernel_size, pool_size, masked = case
+  rng = np.random.default_rng(batch)
+  table = jnp.asarray(rng.integers(-2, 3, (words, features)).astype(np.float32))
+  ids = jnp.asarray(rng.integers(0, words, (batch, steps)).astype(np.int32))
+  mask = (jnp.asarray(np.arange(steps)[None] < rng.integers(1, steps + 1, (batch, 1)))
+          if masked else None)
+  front_end = models.ConvFrontEnd(filters, kernel_size, pool_size)
+  params = front_end.init(jax.random.PRNGKey(0), table[ids])["params"]
+  params = jax.tree_util.tree_map(
+      lambda p: jnp.asarray(rng.integers(-2, 3, p.shape).astype(np.float32)), params)
+  weights = rng.normal(size=(batch, steps // pool_size, filters)).astype(np.float32)
+
+  def run(path):
+    use(monkeypatch, path)
+    out = lambda p, t: front_end.apply({"params": p}, models.Embedded(t, ids), mask)[0]
+    text = jax.jit(out).lower(params, table).as_text()
+    grads = jax.grad(lambda *a: jnp.sum(out(*a) * weights), argnums=(0, 1))(params, table)
+    return native_lstm.CONV_FORWARD in text, out(params, table), grads
+
+  native, native_out, native_grads = run("native")
+  scanned, scan_out, scan_grads = run("scan")
+  assert native and not scanned
+  np.testing.assert_array_equal(native_out, scan_out)  # Sums of small integers: exact.
+  for got, want in zip(jax.tree_util.tree_leaves(native_grads),
+                       jax.tree_util.tree_leaves(scan_grads), strict=True):
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_classifier_convolves_ids_where_nothing_changes_the_words(monkeypatch):
+  use(monkeypatch, "native")
+  model = models.Classifier(vocab_size=40, embedding_dim=3, lstm_units=4, conv_filters=5)
+  params = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 10), jnp.int32))
+  tokens = jnp.ones((4, 10), jnp.int32)
+
+  def convolves_ids(model, train):
+    run = lambda p: model.apply(p, tokens, train=train, rngs={"dropout": jax.random.PRNGKey(1)})
+    return native_lstm.CONV_FORWARD in jax.jit(run).lower(params).as_text()
+
+  assert convolves_ids(model, False) and convolves_ids(model, True)
+  dropped = model.clone(embedding_dropout=0.2)
+  assert convolves_ids(dropped, False) and not convolves_ids(dropped, True)
+
+
 def test_an_id_outside_the_table_is_an_error_not_a_stray_read():
   table, ids = jnp.zeros((5, 3)), jnp.full((2, 4), 5, jnp.int32)
   with pytest.raises(Exception, match="an id lies outside the embedding table"):
     jax.block_until_ready(native_lstm.forward(None, jnp.zeros((2, 8)), None, None, False, False,
                                               False, (table, jnp.zeros((3, 8)), jnp.zeros(8)),
                                               ids))
+  with pytest.raises(Exception, match="an id lies outside the embedding table"):
+    jax.block_until_ready(native_lstm.conv_forward(jnp.zeros((5, 48)), ids, None,
+                                                   jnp.zeros(16), 2))
 
 
 def test_kernel_is_bitwise_deterministic(monkeypatch):
@@ -223,9 +281,14 @@ layer = lambda *w: jnp.sum(models.lstm_layer(*w, None, None, True, True) ** 2)
 table, ids = rng.normal(size=(50, 7)).astype(np.float32), rng.integers(0, 50, (30, 45))
 looked_up = lambda *w: jnp.sum(
     models.lstm_layer(*w, None, None, False, True, jnp.asarray(ids, jnp.int32)) ** 2)
+front_end = models.ConvFrontEnd(32, 3, 2)
+conv_params = front_end.init(jax.random.PRNGKey(0), table[ids])
+convolved = lambda p, t: jnp.sum(
+    front_end.apply(p, models.Embedded(t, jnp.asarray(ids, jnp.int32)))[0] ** 2)
 out = [run(xw, rk), *jax.grad(run, argnums=(0, 1))(xw, rk),
        *jax.grad(layer, argnums=(0, 1, 2, 3))(x, kernel, bias, rk),
-       *jax.grad(looked_up, argnums=(0, 1, 2, 3))(table, kernel, bias, rk)]
+       *jax.grad(looked_up, argnums=(0, 1, 2, 3))(table, kernel, bias, rk),
+       *jax.tree_util.tree_leaves(jax.grad(convolved, argnums=(0, 1))(conv_params, table))]
 np.savez(sys.argv[1], *map(np.asarray, out))
 """
 
@@ -233,7 +296,7 @@ np.savez(sys.argv[1], *map(np.asarray, out))
 def test_results_do_not_depend_on_the_thread_count(tmp_path):
   """Each batch row's sums run in one fixed order, whichever thread takes the row, and the
   weights' gradients (and the per-id sums of an embedding lookup) sum fixed chunks of rows in
-  a fixed order."""
+  a fixed order; the conv front end's backward splits the features, not the rows."""
   results = []
   for threads in (1, 4):
     path = tmp_path / f"{threads}.npz"
