@@ -411,7 +411,7 @@ def conv_taps(table: Array, kernel: Array) -> Array:
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
 def _native_conv_front_end(table, ids, mask, kernel, bias, pool_size):
-  return native_lstm.conv_forward(conv_taps(table, kernel), ids, mask, bias, pool_size)
+  return _native_conv_front_end_fwd(table, ids, mask, kernel, bias, pool_size)[0]
 
 
 def _native_conv_front_end_fwd(table, ids, mask, kernel, bias, pool_size):
