@@ -651,10 +651,10 @@ ffi::Error CheckConv(ffi::Buffer<ffi::F32>& taps, ffi::Buffer<ffi::S32>& ids,
                      ConvShapes* s) {
   const auto id_dims = ids.dimensions(), tap_dims = taps.dimensions();
   if (id_dims.size() != 2 || tap_dims.size() != 2 || bias.dimensions().size() != 1 ||
-      pool < 1 || bias.dimensions()[0] % kLanes != 0 ||
+      pool < 1 || bias.dimensions()[0] == 0 || bias.dimensions()[0] % kLanes != 0 ||
       tap_dims[1] % bias.dimensions()[0] != 0) {
     return ffi::Error::InvalidArgument(
-        "expected taps (V, K F), ids (B, T), bias (F,), F a multiple of " +
+        "expected taps (V, K F), ids (B, T), bias (F,), F a positive multiple of " +
         std::to_string(kLanes) + ", and pool_size >= 1");
   }
   if (mask.element_count() != 0 && mask.element_count() != ids.element_count()) {
