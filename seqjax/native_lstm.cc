@@ -502,6 +502,16 @@ void TableGradients(const float* table, long V, long E, const float* kernel, lon
   }
 }
 
+// Token ids index a table of `rows` rows: any outside it is an error, not a stray read.
+ffi::Error CheckIds(ffi::Buffer<ffi::S32>& ids, long rows) {
+  for (long i = 0; i < ids.element_count(); ++i) {
+    if (ids.typed_data()[i] < 0 || ids.typed_data()[i] >= rows) {
+      return ffi::Error::InvalidArgument("an id lies outside the embedding table");
+    }
+  }
+  return ffi::Error::Success();
+}
+
 }  // namespace
 
 // The gates' pre-activations start from one of: xw (T, B, 4H); the bias (4H,), with inputs
@@ -528,11 +538,7 @@ ffi::Error LstmForwardImpl(ffi::Buffer<ffi::F32> xw, ffi::Buffer<ffi::F32> recur
   if (project) start = {bias.typed_data(), 0};
   if (lookup) {
     const long V = inputs.dimensions()[0];
-    for (long i = 0; i < s.steps * s.batch; ++i) {
-      if (ids.typed_data()[i] < 0 || ids.typed_data()[i] >= V) {
-        return ffi::Error::InvalidArgument("an id lies outside the embedding table");
-      }
-    }
+    if (ffi::Error error = CheckIds(ids, V); error.failure()) return error;
     table = ProjectedTable(inputs.typed_data(), V, inputs.dimensions()[1], kernel.typed_data(),
                            bias.typed_data(), G);
     start = {table.data(), Padded(G), ids.typed_data()};
@@ -660,14 +666,9 @@ ffi::Error CheckConv(ffi::Buffer<ffi::F32>& taps, ffi::Buffer<ffi::S32>& ids,
   if (mask.element_count() != 0 && mask.element_count() != ids.element_count()) {
     return ffi::Error::InvalidArgument("the mask must be empty or shaped as the ids (B, T)");
   }
-  const long V = tap_dims[0], F = bias.dimensions()[0];
-  for (long i = 0; i < ids.element_count(); ++i) {
-    if (ids.typed_data()[i] < 0 || ids.typed_data()[i] >= V) {
-      return ffi::Error::InvalidArgument("an id lies outside the embedding table");
-    }
-  }
+  const long F = bias.dimensions()[0];
   *s = {id_dims[0], id_dims[1], tap_dims[1] / F, F, pool};
-  return ffi::Error::Success();
+  return CheckIds(ids, tap_dims[0]);
 }
 
 }  // namespace
