@@ -634,7 +634,7 @@ namespace {
 typedef int32_t ivec __attribute__((vector_size(sizeof(vec))));
 
 // The pre-activation of one row's conv at step t, the n vectors of features from f0, into acc:
-// the bias, then the taps in order. Both passes call it, so they agree on every bit.
+// the bias, then the taps in order.
 inline void ConvAt(long t, long T, long K, long F, long f0, long n, const float* taps,
                    const int32_t* ids, const bool* mask, const float* bias, vec* acc) {
   for (long v = 0; v < n; ++v) acc[v] = Load(&bias[f0 + v * kLanes]);
@@ -647,6 +647,24 @@ inline void ConvAt(long t, long T, long K, long F, long f0, long n, const float*
 }
 
 inline vec Relu(vec x) { return x < vec{} ? vec{} : x; }
+
+// Pooling window t of one row, the same n vectors of features: the largest relu of the conv
+// over its P steps into best, and which of them gave it into winner (the first of ties, as
+// models.max_pool_over_time). acc is scratch. Both passes call it, so they agree on every bit
+// and every choice. Selections, not branches: they vectorize.
+inline void PoolWindow(long t, long P, long T, long K, long F, long f0, long n,
+                       const float* taps, const int32_t* ids, const bool* mask,
+                       const float* bias, vec* acc, vec* best, ivec* winner) {
+  for (long j = 0; j < P; ++j) {
+    ConvAt(t * P + j, T, K, F, f0, n, taps, ids, mask, bias, acc);
+    for (long v = 0; v < n; ++v) {
+      const vec value = Relu(acc[v]);
+      const ivec better = j == 0 ? ivec{} == ivec{} : value > best[v];
+      best[v] = better ? value : best[v];
+      winner[v] = better ? ivec{} + static_cast<int32_t>(j) : winner[v];
+    }
+  }
+}
 
 struct ConvShapes {
   long batch, steps, taps, features, pool;  // B, T, K, F, P.
@@ -685,16 +703,12 @@ ffi::Error ConvForwardImpl(ffi::Buffer<ffi::F32> taps, ffi::Buffer<ffi::S32> ids
   const bool* m = mask.element_count() ? mask.typed_data() : nullptr;
   ParallelFor(s.batch, [&](long b0, long b1) {
     std::vector<vec> acc(n), best(n);
+    std::vector<ivec> winner(n);
     for (long b = b0; b < b1; ++b) {
       for (long t = 0; t < pooled; ++t) {
-        for (long j = 0; j < s.pool; ++j) {
-          ConvAt(t * s.pool + j, T, s.taps, F, 0, n, taps.typed_data(), &ids.typed_data()[b * T],
-                 m ? &m[b * T] : nullptr, bias.typed_data(), acc.data());
-          for (long v = 0; v < n; ++v) {  // As models.max_pool_over_time: the first of ties.
-            const vec value = Relu(acc[v]);
-            best[v] = j == 0 ? value : (value > best[v] ? value : best[v]);
-          }
-        }
+        PoolWindow(t, s.pool, T, s.taps, F, 0, n, taps.typed_data(), &ids.typed_data()[b * T],
+                   m ? &m[b * T] : nullptr, bias.typed_data(), acc.data(), best.data(),
+                   winner.data());
         float* o = &out->typed_data()[(b * pooled + t) * F];
         for (long v = 0; v < n; ++v) Store(o + v * kLanes, best[v]);
       }
@@ -727,16 +741,8 @@ ffi::Error ConvBackwardImpl(ffi::Buffer<ffi::F32> taps, ffi::Buffer<ffi::S32> id
       const int32_t* row_ids = &ids.typed_data()[b * T];
       const bool* row_mask = m ? &m[b * T] : nullptr;
       for (long t = 0; t < pooled; ++t) {
-        for (long j = 0; j < P; ++j) {
-          ConvAt(t * P + j, T, K, F, f0, n, taps.typed_data(), row_ids, row_mask,
-                 bias.typed_data(), acc.data());
-          for (long v = 0; v < n; ++v) {
-            const vec value = Relu(acc[v]);
-            const ivec better = j == 0 ? ivec{} == ivec{} : value > best[v];
-            best[v] = better ? value : best[v];
-            winner[v] = better ? ivec{} + static_cast<int32_t>(j) : winner[v];
-          }
-        }
+        PoolWindow(t, P, T, K, F, f0, n, taps.typed_data(), row_ids, row_mask, bias.typed_data(),
+                   acc.data(), best.data(), winner.data());
         const float* d = &d_out.typed_data()[(b * pooled + t) * F + f0];
         for (long j = 0; j < P; ++j) {
           for (long v = 0; v < n; ++v) {
