@@ -17,10 +17,14 @@
 // Built by seqjax/native_lstm.py with the machine's C++ compiler on first use.
 
 #include <algorithm>
+#include <atomic>
+#include <condition_variable>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <functional>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <thread>
 #include <vector>
@@ -206,17 +210,42 @@ constexpr long kGradientDepth = 128;
 
 long Chunks(long rows) { return (rows + kChunk - 1) / kChunk; }
 
+// The parts of one ParallelFor. Whoever claims a part runs it: the calling thread and the tasks
+// it schedules on XLA's pool alike, so the call ends even where the pool runs none of them; a
+// task that starts after every part is claimed touches nothing but this object, which it shares.
+struct Parts {
+  std::function<void(long)> run;  // Called only for a claimed part, while the caller waits.
+  long count;
+  std::atomic<long> next{0};
+  std::mutex mutex;
+  std::condition_variable all_done;
+  long done = 0;
+
+  void Work() {
+    for (long i = next++; i < count; i = next++) {
+      run(i);
+      const std::lock_guard<std::mutex> lock(mutex);
+      if (++done == count) all_done.notify_all();
+    }
+  }
+};
+
 // Runs fn(begin, end) over the batch rows [0, n) split into contiguous parts of whole chunks,
-// one part per thread; the calling thread takes the first part.
+// one part per thread, on the calling thread and the threads of XLA's CPU pool: they are
+// running already (often spinning for work), where a thread of our own would be created for
+// each call and wait its turn for a core.
 template <typename Fn>
-void ParallelFor(long n, Fn fn) {
+void ParallelFor(ffi::ThreadPool& threads, long n, Fn fn) {
   const long chunks = Chunks(n);
-  const long parts = std::max(1L, std::min<long>(ThreadCount(), chunks));
-  const auto bound = [&](long i) { return std::min(n, chunks * i / parts * kChunk); };
-  std::vector<std::thread> threads;
-  for (long i = 1; i < parts; ++i) threads.emplace_back(fn, bound(i), bound(i + 1));
-  fn(0L, bound(1));
-  for (std::thread& thread : threads) thread.join();
+  const long count = std::max(1L, std::min<long>(ThreadCount(), chunks));
+  auto parts = std::make_shared<Parts>();
+  parts->count = count;
+  parts->run = [&](long i) { fn(std::min(n, chunks * i / count * kChunk),
+                                std::min(n, chunks * (i + 1) / count * kChunk)); };
+  for (long i = 1; i < count; ++i) threads.Schedule([parts] { parts->Work(); });
+  parts->Work();
+  std::unique_lock<std::mutex> lock(parts->mutex);
+  parts->all_done.wait(lock, [&] { return parts->done == count; });
 }
 
 struct Shapes {
@@ -456,12 +485,12 @@ std::vector<float> Stacked(const float* kernel, long E, const float* recurrent_k
 // The embedding table (V, E) projected: bias + table @ kernel (V, Gp), each row's sum in the
 // order the forward's matmul would take for that token (bias, then k ascending), so that
 // looking a row up gives the very bits of projecting the token at its step.
-std::vector<float> ProjectedTable(const float* table, long V, long E, const float* kernel,
-                                  const float* bias, long G) {
+std::vector<float> ProjectedTable(ffi::ThreadPool& threads, const float* table, long V, long E,
+                                  const float* kernel, const float* bias, long G) {
   const long Gp = Padded(G);
   const std::vector<float> packed = Pack(kernel, E, G, false);
   std::vector<float> projected(V * Gp, 0.0f);
-  ParallelFor(V, [&](long v0, long v1) {
+  ParallelFor(threads, V, [&](long v0, long v1) {
     for (long v = v0; v < v1; ++v) std::memcpy(&projected[v * Gp], bias, G * sizeof(float));
     Matmul(v1 - v0, E, table + v0 * E, E, packed.data(), Gp, &projected[v0 * Gp], Gp, true);
   });
@@ -470,13 +499,14 @@ std::vector<float> ProjectedTable(const float* table, long V, long E, const floa
 
 // From the chunks' d xw sums per token id (see WeightGradients), in chunk order: dz (V, Gp),
 // then the table's gradient dz @ kernel^T (V, E) and the input kernel's table^T @ dz (E, 4H).
-void TableGradients(const float* table, long V, long E, const float* kernel, long G, long chunks,
-                    float* by_id, const uint8_t* touched, float* d_table, float* d_kernel) {
+void TableGradients(ffi::ThreadPool& threads, const float* table, long V, long E,
+                    const float* kernel, long G, long chunks, float* by_id,
+                    const uint8_t* touched, float* d_table, float* d_kernel) {
   const long Gp = Padded(G), Ep = Padded(E);
   float* dz = by_id;  // Chunk 0's sums become the total.
   const std::vector<float> packed_t = Pack(kernel, G, E, true);
   std::vector<float> d_rows(V * Ep);
-  ParallelFor(V, [&](long v0, long v1) {
+  ParallelFor(threads, V, [&](long v0, long v1) {
     for (long v = v0; v < v1; ++v) {
       float* total = dz + v * Gp;
       if (!touched[v]) std::fill(total, total + G, 0.0f);
@@ -493,7 +523,7 @@ void TableGradients(const float* table, long V, long E, const float* kernel, lon
     }
   });
   std::vector<float> d_kernel_padded(E * Gp);
-  ParallelFor(E, [&](long e0, long e1) {
+  ParallelFor(threads, E, [&](long e0, long e1) {
     Matmul<true>(e1 - e0, V, table + e0, E, dz, Gp, Gp, kPanel, Gp, &d_kernel_padded[e0 * Gp],
                  Gp, false);
   });
@@ -517,7 +547,8 @@ ffi::Error CheckIds(ffi::Buffer<ffi::S32>& ids, long rows) {
 // The gates' pre-activations start from one of: xw (T, B, 4H); the bias (4H,), with inputs
 // (T, B, E) and kernel (E, 4H) to project each step (xw and ids empty); or, given ids (T, B),
 // the rows that ids pick of the embedding table inputs (V, E) projected by kernel and bias.
-ffi::Error LstmForwardImpl(ffi::Buffer<ffi::F32> xw, ffi::Buffer<ffi::F32> recurrent_kernel,
+ffi::Error LstmForwardImpl(ffi::ThreadPool threads, ffi::Buffer<ffi::F32> xw,
+                           ffi::Buffer<ffi::F32> recurrent_kernel,
                            ffi::Buffer<ffi::PRED> mask, ffi::Buffer<ffi::F32> recurrent_mask,
                            ffi::Buffer<ffi::F32> inputs, ffi::Buffer<ffi::F32> kernel,
                            ffi::Buffer<ffi::F32> bias, ffi::Buffer<ffi::S32> ids, int32_t reverse,
@@ -539,8 +570,8 @@ ffi::Error LstmForwardImpl(ffi::Buffer<ffi::F32> xw, ffi::Buffer<ffi::F32> recur
   if (lookup) {
     const long V = inputs.dimensions()[0];
     if (ffi::Error error = CheckIds(ids, V); error.failure()) return error;
-    table = ProjectedTable(inputs.typed_data(), V, inputs.dimensions()[1], kernel.typed_data(),
-                           bias.typed_data(), G);
+    table = ProjectedTable(threads, inputs.typed_data(), V, inputs.dimensions()[1],
+                           kernel.typed_data(), bias.typed_data(), G);
     start = {table.data(), Padded(G), ids.typed_data()};
   }
   const std::vector<float> packed = Pack(
@@ -551,7 +582,7 @@ ffi::Error LstmForwardImpl(ffi::Buffer<ffi::F32> xw, ffi::Buffer<ffi::F32> recur
   float* hs_out = hs->element_count() ? hs->typed_data() : nullptr;
   float* cs_out = cs->element_count() ? cs->typed_data() : nullptr;
   float* gates_out = gates->element_count() ? gates->typed_data() : nullptr;
-  ParallelFor(s.batch, [&](long b0, long b1) {
+  ParallelFor(threads, s.batch, [&](long b0, long b1) {
     ForwardRows(s, b0, b1, start, E, inputs.typed_data(), packed.data(), m, rm, reverse != 0,
                 h_final->typed_data(), hs_out, cs_out, gates_out);
   });
@@ -563,8 +594,9 @@ ffi::Error LstmForwardImpl(ffi::Buffer<ffi::F32> xw, ffi::Buffer<ffi::F32> recur
 // recurrent kernel and the bias (d xw then empty: never written out). Given also ids (T, B),
 // inputs is the embedding table (V, E) the forward looked x_t up in, and d inputs is the
 // table's gradient (V, E).
-ffi::Error LstmBackwardImpl(ffi::Buffer<ffi::F32> gates, ffi::Buffer<ffi::F32> cs,
-                            ffi::Buffer<ffi::F32> recurrent_kernel, ffi::Buffer<ffi::PRED> mask,
+ffi::Error LstmBackwardImpl(ffi::ThreadPool threads, ffi::Buffer<ffi::F32> gates,
+                            ffi::Buffer<ffi::F32> cs, ffi::Buffer<ffi::F32> recurrent_kernel,
+                            ffi::Buffer<ffi::PRED> mask,
                             ffi::Buffer<ffi::F32> recurrent_mask, ffi::Buffer<ffi::F32> dh_final,
                             ffi::Buffer<ffi::F32> dhs, ffi::Buffer<ffi::F32> kernel,
                             ffi::Buffer<ffi::F32> inputs, ffi::Buffer<ffi::F32> hs,
@@ -597,7 +629,7 @@ ffi::Error LstmBackwardImpl(ffi::Buffer<ffi::F32> gates, ffi::Buffer<ffi::F32> c
   if (project) weights = {inputs.typed_data(), hs.typed_data(), sums.data()};
   if (lookup) weights = {nullptr, hs.typed_data(), sums.data(), ids.typed_data(), V,
                          by_id.get(), touched.data()};
-  ParallelFor(s.batch, [&](long b0, long b1) {
+  ParallelFor(threads, s.batch, [&](long b0, long b1) {
     BackwardRows(s, b0, b1, gates.typed_data(), cs.typed_data(), packed_t.data(), m, rm,
                  reverse != 0, dh, dh_seq, dxw->element_count() ? dxw->typed_data() : nullptr,
                  Ex, project && !lookup ? d_inputs->typed_data() : nullptr, weights);
@@ -616,7 +648,7 @@ ffi::Error LstmBackwardImpl(ffi::Buffer<ffi::F32> gates, ffi::Buffer<ffi::F32> c
       }
     }
   }
-  if (lookup) TableGradients(inputs.typed_data(), V, E, kernel.typed_data(), G, chunks,
+  if (lookup) TableGradients(threads, inputs.typed_data(), V, E, kernel.typed_data(), G, chunks,
                              by_id.get(), touched.data(), d_inputs->typed_data(),
                              d_kernel->typed_data());
   return ffi::Error::Success();
@@ -692,8 +724,9 @@ ffi::Error CheckConv(ffi::Buffer<ffi::F32>& taps, ffi::Buffer<ffi::S32>& ids,
 }  // namespace
 
 // out (B, T / P, F): the largest relu of the conv over each window of P steps.
-ffi::Error ConvForwardImpl(ffi::Buffer<ffi::F32> taps, ffi::Buffer<ffi::S32> ids,
-                           ffi::Buffer<ffi::PRED> mask, ffi::Buffer<ffi::F32> bias, int32_t pool,
+ffi::Error ConvForwardImpl(ffi::ThreadPool threads, ffi::Buffer<ffi::F32> taps,
+                           ffi::Buffer<ffi::S32> ids, ffi::Buffer<ffi::PRED> mask,
+                           ffi::Buffer<ffi::F32> bias, int32_t pool,
                            ffi::ResultBuffer<ffi::F32> out) {
   ConvShapes s;
   if (ffi::Error error = CheckConv(taps, ids, mask, bias, pool, &s); error.failure()) {
@@ -701,7 +734,7 @@ ffi::Error ConvForwardImpl(ffi::Buffer<ffi::F32> taps, ffi::Buffer<ffi::S32> ids
   }
   const long T = s.steps, F = s.features, n = F / kLanes, pooled = T / s.pool;
   const bool* m = mask.element_count() ? mask.typed_data() : nullptr;
-  ParallelFor(s.batch, [&](long b0, long b1) {
+  ParallelFor(threads, s.batch, [&](long b0, long b1) {
     std::vector<vec> acc(n), best(n);
     std::vector<ivec> winner(n);
     for (long b = b0; b < b1; ++b) {
@@ -721,10 +754,11 @@ ffi::Error ConvForwardImpl(ffi::Buffer<ffi::F32> taps, ffi::Buffer<ffi::S32> ids
 // step that won it, where the conv was positive, and from there to the taps that step read.
 // The features are split between the threads, and every sum runs over the rows and steps in
 // order, so no result depends on the thread count.
-ffi::Error ConvBackwardImpl(ffi::Buffer<ffi::F32> taps, ffi::Buffer<ffi::S32> ids,
-                            ffi::Buffer<ffi::PRED> mask, ffi::Buffer<ffi::F32> bias,
-                            ffi::Buffer<ffi::F32> d_out, int32_t pool,
-                            ffi::ResultBuffer<ffi::F32> d_taps, ffi::ResultBuffer<ffi::F32> d_bias) {
+ffi::Error ConvBackwardImpl(ffi::ThreadPool threads, ffi::Buffer<ffi::F32> taps,
+                            ffi::Buffer<ffi::S32> ids, ffi::Buffer<ffi::PRED> mask,
+                            ffi::Buffer<ffi::F32> bias, ffi::Buffer<ffi::F32> d_out, int32_t pool,
+                            ffi::ResultBuffer<ffi::F32> d_taps,
+                            ffi::ResultBuffer<ffi::F32> d_bias) {
   ConvShapes s;
   if (ffi::Error error = CheckConv(taps, ids, mask, bias, pool, &s); error.failure()) {
     return error;
@@ -733,7 +767,8 @@ ffi::Error ConvBackwardImpl(ffi::Buffer<ffi::F32> taps, ffi::Buffer<ffi::S32> id
   const bool* m = mask.element_count() ? mask.typed_data() : nullptr;
   float* dt = d_taps->typed_data();
   std::fill(dt, dt + d_taps->element_count(), 0.0f);
-  ParallelFor(F, [&](long f0, long f1) {  // Whole chunks of 16 features: whole vectors.
+  // Whole chunks of 16 features: whole vectors.
+  ParallelFor(threads, F, [&](long f0, long f1) {
     const long n = (f1 - f0) / kLanes;
     std::vector<vec> acc(n), best(n), db(n, vec{});
     std::vector<ivec> winner(n);
@@ -770,23 +805,31 @@ using Pred = ffi::Buffer<ffi::PRED>;
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(
     SeqjaxLstmForward, LstmForwardImpl,
-    ffi::Ffi::Bind().Arg<F32>().Arg<F32>().Arg<Pred>().Arg<F32>().Arg<F32>().Arg<F32>()
+    ffi::Ffi::Bind()
+        .Ctx<ffi::ThreadPool>()
+        .Arg<F32>().Arg<F32>().Arg<Pred>().Arg<F32>().Arg<F32>().Arg<F32>()
         .Arg<F32>().Arg<ffi::Buffer<ffi::S32>>().Attr<int32_t>("reverse").Ret<F32>().Ret<F32>()
         .Ret<F32>().Ret<F32>());
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(
     SeqjaxLstmBackward, LstmBackwardImpl,
-    ffi::Ffi::Bind().Arg<F32>().Arg<F32>().Arg<F32>().Arg<Pred>().Arg<F32>().Arg<F32>()
+    ffi::Ffi::Bind()
+        .Ctx<ffi::ThreadPool>()
+        .Arg<F32>().Arg<F32>().Arg<F32>().Arg<Pred>().Arg<F32>().Arg<F32>()
         .Arg<F32>().Arg<F32>().Arg<F32>().Arg<F32>().Arg<ffi::Buffer<ffi::S32>>()
         .Attr<int32_t>("reverse").Ret<F32>()
         .Ret<F32>().Ret<F32>().Ret<F32>().Ret<F32>());
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(
     SeqjaxConvForward, ConvForwardImpl,
-    ffi::Ffi::Bind().Arg<F32>().Arg<ffi::Buffer<ffi::S32>>().Arg<Pred>().Arg<F32>()
+    ffi::Ffi::Bind()
+        .Ctx<ffi::ThreadPool>()
+        .Arg<F32>().Arg<ffi::Buffer<ffi::S32>>().Arg<Pred>().Arg<F32>()
         .Attr<int32_t>("pool").Ret<F32>());
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(
     SeqjaxConvBackward, ConvBackwardImpl,
-    ffi::Ffi::Bind().Arg<F32>().Arg<ffi::Buffer<ffi::S32>>().Arg<Pred>().Arg<F32>().Arg<F32>()
+    ffi::Ffi::Bind()
+        .Ctx<ffi::ThreadPool>()
+        .Arg<F32>().Arg<ffi::Buffer<ffi::S32>>().Arg<Pred>().Arg<F32>().Arg<F32>()
         .Attr<int32_t>("pool").Ret<F32>().Ret<F32>());

@@ -6,8 +6,8 @@ the kernel where JAX computes float32 on one CPU device and the kernel builds, e
 `nn.scan` path; 'native' insists on the kernel (an error where it cannot be built; on several
 devices each then runs it on the whole batch); 'scan' always scans; 'cudnn' takes
 seqjax/cudnn_lstm.py's path (auto's choice on GPU). `models.ConvFrontEnd` follows the same
-choice. The kernels use every core the process may run on ($SEQJAX_LSTM_THREADS sets how many
-threads).
+choice. The kernels split their work into one part per core the process may run on
+($SEQJAX_LSTM_THREADS sets how many parts) and run the parts on XLA's CPU thread pool.
 
 The kernel is compiled with the machine's C++ compiler (`$CXX`, else `c++`) the first time a
 process needs it, into $XDG_CACHE_HOME/seqjax (~/.cache/seqjax), under a name that hashes the
