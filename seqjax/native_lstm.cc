@@ -12,7 +12,9 @@
 // AVX-512, else 6 x 16) over weights packed once per call into panels of as many columns (the
 // last one vector wide where the columns come to an odd number of vectors); every output
 // element sums its products in the same order whatever the thread count or the row's place in
-// its slice, so results are bitwise reproducible.
+// its slice, so results are bitwise reproducible. What the forward pass keeps for the backward
+// (every step's gates, c and h) is stored past the caches: only the backward reads it, after
+// the last step.
 //
 // Built by seqjax/native_lstm.py with the machine's C++ compiler on first use.
 
@@ -32,7 +34,7 @@
 #if defined(__linux__)
 #include <sched.h>
 #endif
-#if defined(__FMA__)
+#if defined(__x86_64__)
 #include <immintrin.h>
 #endif
 
@@ -189,6 +191,36 @@ inline float Tanh(float x) {
   return (x > -0.0004f && x < 0.0004f) ? x : t;
 }
 
+// dst[0, n) = src[0, n), the whole vectors stored past the caches where dst is aligned for
+// them: the forward's residuals are read only by the backward pass, after every step, so
+// storing them around the cache saves reading each line in before it is overwritten.
+// Callers end with StoreFence.
+inline void StreamCopy(float* __restrict dst, const float* __restrict src, long n) {
+  long i = 0;
+#if defined(__AVX512F__)
+  if (reinterpret_cast<uintptr_t>(dst) % 64 == 0) {
+    for (; i + 16 <= n; i += 16) _mm512_stream_ps(dst + i, _mm512_loadu_ps(src + i));
+  }
+#elif defined(__AVX__)
+  if (reinterpret_cast<uintptr_t>(dst) % 32 == 0) {
+    for (; i + 8 <= n; i += 8) _mm256_stream_ps(dst + i, _mm256_loadu_ps(src + i));
+  }
+#endif
+  std::memcpy(dst + i, src + i, (n - i) * sizeof(float));
+}
+
+// Orders StreamCopy's stores before whatever the thread stores next (the end of its part).
+inline void StoreFence() {
+#if defined(__SSE__)
+  _mm_sfence();
+#endif
+}
+
+// Asks for the n floats from p to be brought into the cache, to be written.
+inline void Prefetch(const float* p, long n) {
+  for (long i = 0; i < n; i += 64 / sizeof(float)) __builtin_prefetch(p + i, 1);
+}
+
 int ThreadCount() {
   static const int count = [] {
     const char* forced = std::getenv("SEQJAX_LSTM_THREADS");
@@ -279,52 +311,47 @@ inline void GateStep(long H, float* __restrict z, float* __restrict c, float* __
 // and gates (T, B, 4H), the tanh of the scaled pre-activations. `packed` holds the input
 // kernel's E rows, where x_t (inputs (T, B, E)) is projected here, above the recurrent kernel's:
 // one matmul of [x_t, h] a step.
-// Where 4H is a whole number of vectors, the matmul writes the pre-activations into `gates`
-// and the tanh replaces them there; else into a padded buffer that is copied out.
 void ForwardRows(const Shapes& s, long b0, long b1, const Start& start, long E,
                  const float* inputs, const float* packed, const bool* mask,
                  const float* recurrent_mask, bool reverse, float* h_final, float* hs, float* cs,
                  float* gates) {
   const long rows = b1 - b0, H = s.units, G = 4 * H, Gp = Padded(G), D = E + H;
-  const bool direct = gates != nullptr && Gp == G;
-  // xh: each row's [x_t, h * recurrent mask], the matmul's input.
+  // xh: each row's [x_t, h * recurrent mask], the matmul's input; z: each row's gate
+  // pre-activations, the matmul's output, then their tanh.
   std::vector<float> c(rows * H, 0.0f), h(rows * H, 0.0f), xh(rows * D, 0.0f);
-  std::vector<float> buffer(direct ? 0 : rows * Gp, 0.0f);
+  std::vector<float> z(rows * Gp, 0.0f);
   for (long step = 0; step < s.steps; ++step) {
     const long t = reverse ? s.steps - 1 - step : step;
-    const bool* keep = mask ? mask + t * s.batch + b0 : nullptr;
+    const long first = t * s.batch + b0;  // The slice's first row at step t.
+    const bool* keep = mask ? mask + first : nullptr;
     bool any = keep == nullptr;
     for (long r = 0; r < rows && !any; ++r) any = keep[r];
-    float* gates_t = gates ? gates + (t * s.batch + b0) * G : nullptr;
-    float* z = direct ? gates_t : buffer.data();
     if (any) {
       for (long r = 0; r < rows; ++r) {
-        const long row = t * s.batch + b0 + r;
-        std::memcpy(&z[r * Gp], start.Row(row), G * sizeof(float));
+        std::memcpy(&z[r * Gp], start.Row(first + r), G * sizeof(float));
         // x_t @ kernel here rather than in XLA: no (T, B, 4H) xw in memory.
-        if (E) std::memcpy(&xh[r * D], inputs + row * E, E * sizeof(float));
+        if (E) std::memcpy(&xh[r * D], inputs + (first + r) * E, E * sizeof(float));
       }
-      Matmul(rows, D, xh.data(), D, packed, Gp, z, Gp, true);
+      Matmul(rows, D, xh.data(), D, packed, Gp, z.data(), Gp, true);
     }
     for (long r = 0; r < rows; ++r) {
       float* zr = &z[r * Gp];
-      float* cr = &c[r * H];
-      float* hr = &h[r * H];
       if (keep == nullptr || keep[r]) {
-        GateStep(H, zr, cr, hr);
+        float* hr = &h[r * H];
+        GateStep(H, zr, &c[r * H], hr);
         const float* rm = recurrent_mask ? recurrent_mask + (b0 + r) * H : nullptr;
         float* h_in = &xh[r * D + E];
         for (long j = 0; j < H; ++j) h_in[j] = rm ? hr[j] * rm[j] : hr[j];
       } else {
         std::fill(zr, zr + G, 0.0f);  // Never read: the backward pass zeroes padded steps.
       }
-      if (gates_t && !direct) std::memcpy(gates_t + r * G, zr, G * sizeof(float));
-      const long at = (t * s.batch + b0 + r) * H;
-      if (cs) std::memcpy(cs + at, cr, H * sizeof(float));
-      if (hs) std::memcpy(hs + at, hr, H * sizeof(float));
     }
+    for (long r = 0; gates && r < rows; ++r) StreamCopy(gates + (first + r) * G, &z[r * Gp], G);
+    if (cs) StreamCopy(cs + first * H, c.data(), rows * H);
+    if (hs) StreamCopy(hs + first * H, h.data(), rows * H);
   }
   std::memcpy(h_final + b0 * H, h.data(), rows * H * sizeof(float));
+  StoreFence();
 }
 
 // One step's d xw (dz) of one row, and the row's dc carried to the step before, from the
@@ -395,17 +422,25 @@ void BackwardRows(const Shapes& s, long b0, long b1, const float* gates, const f
       if (!weights.ids) continue;
       float* by_id = weights.by_id + chunk * weights.vocabulary * Gp;
       uint8_t* touched = weights.touched + chunk * weights.vocabulary;
+      // The rows in the order they are added, each one's id fetched a few rows ahead: the sums
+      // of an id lie anywhere in the (V, Gp) block.
+      long ids[kGradientDepth], dz_rows[kGradientDepth], n = 0;
       for (long i = 0; i < slot; ++i) {
-        for (long r = c * kChunk; r < c * kChunk + chunk_rows(c); ++r) {
-          const long id = weights.ids[slot_step[i] * s.batch + b0 + r];
-          const float* dzr = &dz[at(i, r) * Gp];
-          float* sum = by_id + id * Gp;
-          if (touched[id]) {
-            for (long j = 0; j < G; ++j) sum[j] += dzr[j];
-          } else {
-            std::memcpy(sum, dzr, G * sizeof(float));
-            touched[id] = 1;
-          }
+        for (long r = c * kChunk; r < c * kChunk + chunk_rows(c); ++r, ++n) {
+          ids[n] = weights.ids[slot_step[i] * s.batch + b0 + r];
+          dz_rows[n] = at(i, r);
+        }
+      }
+      constexpr long kAhead = 4;
+      for (long k = 0; k < n; ++k) {
+        if (k + kAhead < n) Prefetch(by_id + ids[k + kAhead] * Gp, G);
+        const float* dzr = &dz[dz_rows[k] * Gp];
+        float* sum = by_id + ids[k] * Gp;
+        if (touched[ids[k]]) {
+          for (long j = 0; j < G; ++j) sum[j] += dzr[j];
+        } else {
+          std::memcpy(sum, dzr, G * sizeof(float));
+          touched[ids[k]] = 1;
         }
       }
     }
