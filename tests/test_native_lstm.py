@@ -357,6 +357,33 @@ def test_avx512_and_avx2_micro_kernels_give_the_same_bits(tmp_path):
     np.testing.assert_allclose(outs["avx512"], a.astype(np.float64) @ w, rtol=1e-4, atol=1e-4)
 
 
+def compiler_is_gcc() -> bool:
+  try:
+    version = subprocess.run([native_lstm._compiler(), "--version"], capture_output=True,
+                             text=True).stdout
+  except OSError:
+    return False
+  return "Free Software Foundation" in version
+
+
+@pytest.mark.skipif(not compiler_is_gcc(), reason="reads GCC's vectorization report")
+def test_gate_loops_vectorize_without_avx512(tmp_path):
+  """The gates' tanh and their gradients are most of the kernel's work beside the matmuls; run
+  scalar, as they did with AVX2 before -fno-trapping-math, they made inference 3x slower."""
+  source = native_lstm.SOURCE.read_text().splitlines()
+  after = lambda start, text: next(i for i in range(start, len(source)) if text in source[i])
+  gate_step, gradients = after(0, "void GateStep("), after(0, "void GateGradients(")
+  first = after(gate_step, "for (")
+  loops = {first, after(first + 1, "for ("), after(gradients, "for (")}
+  report = tmp_path / "report.txt"
+  subprocess.run([native_lstm._compiler(), *native_lstm.FLAGS, "-mno-avx512f",
+                  f"-fopt-info-vec-optimized={report}", f"-I{jax.ffi.include_dir()}",
+                  "-o", str(tmp_path / "kernel.so"), str(native_lstm.SOURCE)], check=True)
+  found = re.findall(r"native_lstm\.cc:(\d+):\d+: .*loop vectorized", report.read_text())
+  vectorized = {int(line) - 1 for line in found}
+  assert loops <= vectorized, [source[i].strip() for i in sorted(loops - vectorized)]
+
+
 def test_auto_uses_the_kernel_on_cpu_in_float32_only(monkeypatch):
   use(monkeypatch, "auto")
   assert native_lstm.path_in_use() == "native"
