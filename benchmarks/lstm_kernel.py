@@ -78,15 +78,12 @@ def _sgemm_pointer() -> int:
 def build_harness(code: str) -> ctypes.CDLL:
   """`code`, C++ in which SOURCE stands for native_lstm.cc's path, compiled as the kernel is
   and loaded."""
-  import jax
-
   from seqjax import native_lstm
   with tempfile.TemporaryDirectory() as tmp:
     source = pathlib.Path(tmp, "harness.cc")
     source.write_text(code.replace("SOURCE", str(native_lstm.SOURCE)))
     library = pathlib.Path(tmp, "harness.so")
-    subprocess.run([native_lstm._compiler(), *native_lstm.FLAGS,
-                    f"-I{jax.ffi.include_dir()}", "-o", str(library), str(source)], check=True)
+    subprocess.run(native_lstm.compile_command(library, source=source), check=True)
     return ctypes.CDLL(str(library))
 
 

@@ -73,13 +73,25 @@ def _compiler() -> str:
   return os.environ.get("CXX", "c++")
 
 
-def _build() -> pathlib.Path:
-  """The compiled kernel, from the cache or built now; raises RuntimeError saying why not."""
+def compiler_version() -> str:
+  """What the C++ compiler says of its version; raises RuntimeError where there is none."""
   try:
-    version = subprocess.run([_compiler(), "--version"], capture_output=True, text=True,
-                             check=True).stdout
+    return subprocess.run([_compiler(), "--version"], capture_output=True, text=True,
+                          check=True).stdout
   except (OSError, subprocess.CalledProcessError) as e:
     raise RuntimeError(f"no C++ compiler ({_compiler()}: {e})") from e
+
+
+def compile_command(library: os.PathLike | str, *extra_flags: str,
+                    source: os.PathLike | str = SOURCE) -> list[str]:
+  """The command that builds `source` (the kernel, or a file that includes it) into `library`."""
+  return [_compiler(), *FLAGS, *extra_flags, f"-I{jax.ffi.include_dir()}", "-o", str(library),
+          str(source)]
+
+
+def _build() -> pathlib.Path:
+  """The compiled kernel, from the cache or built now; raises RuntimeError saying why not."""
+  version = compiler_version()
   key = hashlib.sha256("\0".join([SOURCE.read_text(), version, " ".join(FLAGS), jax.__version__,
                                   platform.machine(), _cpu_features()]).encode()).hexdigest()
   path = _cache_dir() / f"native_lstm-{key[:20]}.so"
@@ -90,8 +102,7 @@ def _build() -> pathlib.Path:
   fd, tmp = tempfile.mkstemp(suffix=".so", dir=path.parent)
   os.close(fd)
   try:
-    result = subprocess.run([_compiler(), *FLAGS, f"-I{jax.ffi.include_dir()}", "-o", tmp,
-                             str(SOURCE)], capture_output=True, text=True)
+    result = subprocess.run(compile_command(tmp), capture_output=True, text=True)
     if result.returncode:
       raise RuntimeError(f"{_compiler()} failed: {result.stderr.strip()[-2000:]}")
     os.replace(tmp, path)

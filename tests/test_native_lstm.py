@@ -340,8 +340,7 @@ def test_avx512_and_avx2_micro_kernels_give_the_same_bits(tmp_path):
     source = tmp_path / f"{name}.cc"
     source.write_text(MATMUL_HARNESS.replace("SOURCE", str(native_lstm.SOURCE)))
     library = tmp_path / f"{name}.so"
-    subprocess.run([native_lstm._compiler(), *native_lstm.FLAGS, *extra,
-                    f"-I{jax.ffi.include_dir()}", "-o", str(library), str(source)], check=True)
+    subprocess.run(native_lstm.compile_command(library, *extra, source=source), check=True)
     builds[name] = ctypes.CDLL(str(library)).RunMatmul
   rng = np.random.default_rng(0)
   pointer = lambda x: x.ctypes.data_as(ctypes.c_void_p)
@@ -359,11 +358,9 @@ def test_avx512_and_avx2_micro_kernels_give_the_same_bits(tmp_path):
 
 def compiler_is_gcc() -> bool:
   try:
-    version = subprocess.run([native_lstm._compiler(), "--version"], capture_output=True,
-                             text=True).stdout
-  except OSError:
+    return "Free Software Foundation" in native_lstm.compiler_version()
+  except RuntimeError:
     return False
-  return "Free Software Foundation" in version
 
 
 @pytest.mark.skipif(not compiler_is_gcc(), reason="reads GCC's vectorization report")
@@ -376,9 +373,8 @@ def test_gate_loops_vectorize_without_avx512(tmp_path):
   first = after(gate_step, "for (")
   loops = {first, after(first + 1, "for ("), after(gradients, "for (")}
   report = tmp_path / "report.txt"
-  subprocess.run([native_lstm._compiler(), *native_lstm.FLAGS, "-mno-avx512f",
-                  f"-fopt-info-vec-optimized={report}", f"-I{jax.ffi.include_dir()}",
-                  "-o", str(tmp_path / "kernel.so"), str(native_lstm.SOURCE)], check=True)
+  subprocess.run(native_lstm.compile_command(tmp_path / "kernel.so", "-mno-avx512f",
+                                             f"-fopt-info-vec-optimized={report}"), check=True)
   found = re.findall(r"native_lstm\.cc:(\d+):\d+: .*loop vectorized", report.read_text())
   vectorized = {int(line) - 1 for line in found}
   assert loops <= vectorized, [source[i].strip() for i in sorted(loops - vectorized)]
