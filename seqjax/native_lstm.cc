@@ -100,7 +100,7 @@ inline void MicroKernel(long depth, const float* __restrict a, long lda,
   }
 }
 
-// The last `rows` (< kRows) rows of a panel.
+// A block of `rows` (<= R) rows of a panel.
 template <int R, int V, bool kTransposedA>
 inline void Tail(long rows, long depth, const float* a, long lda, const float* b, long ldb,
                  float* c, long ldc, bool accumulate) {
@@ -117,13 +117,15 @@ inline void Tail(long rows, long depth, const float* a, long lda, const float* b
 template <int V, bool kTransposedA>
 void Panel(long rows, long depth, const float* a, long lda, const float* b, long ldb, float* c,
            long ldc, bool accumulate) {
-  long m = 0;
-  for (; m + kRows <= rows; m += kRows) {
-    const float* am = kTransposedA ? a + m : a + m * lda;
-    MicroKernel<kRows, V, kTransposedA>(depth, am, lda, b, ldb, c + m * ldc, ldc, accumulate);
+  // Blocks as even as kRows allows: 32 rows as 6, 6, 5, 5, 5, 5 rather than five of 6 and one
+  // of 2, whose few accumulators would wait on each other's multiply-adds.
+  const long blocks = (rows + kRows - 1) / kRows;
+  for (long i = 0, m = 0; i < blocks; ++i) {
+    const long block = rows / blocks + (i < rows % blocks);
+    Tail<kRows, V, kTransposedA>(block, depth, kTransposedA ? a + m : a + m * lda, lda, b, ldb,
+                                 c + m * ldc, ldc, accumulate);
+    m += block;
   }
-  Tail<kRows - 1, V, kTransposedA>(rows - m, depth, kTransposedA ? a + m : a + m * lda, lda, b,
-                                   ldb, c + m * ldc, ldc, accumulate);
 }
 
 // Columns as the matmuls compute them: whole vectors.
